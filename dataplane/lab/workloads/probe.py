@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=0.5)
     parser.add_argument("--out", required=True)
     parser.add_argument("--progress")
+    parser.add_argument("--ready-file")
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
     if args.rate <= 0:
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     receiver = threading.Thread(target=probe.receive_loop, daemon=True)
     receiver.start()
     sender.start()
+    if args.ready_file:
+        with open(f"{args.ready_file}.tmp", "w") as fh:
+            fh.write(str(os.getpid()))
+        os.replace(f"{args.ready_file}.tmp", args.ready_file)
     started = time.monotonic()
     while not done.is_set():
         done.wait(0.2)

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): moves, services, clusters, health, move events as SSE."""

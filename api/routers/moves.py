@@ -1,0 +1,88 @@
+"""/v1/moves: request a move, follow it, abort it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import EngineDep, RegistryDep, SettingsDep
+from api.errors import ApiError
+from api.schemas import MoveOut, MoveRequest
+from mobility.moving import INJECTABLE
+from workers.moves import start_move
+
+router = APIRouter(prefix="/v1/moves", tags=["moves"])
+
+
+@router.post("", status_code=202)
+def create_move(body: MoveRequest, engine: EngineDep, settings: SettingsDep) -> MoveOut:
+    if body.faults:
+        if not settings.fault_injection:
+            raise ApiError(422, "fault injection is off (set MOBILITY_FAULT_INJECTION=1 on a "
+                                "test deployment to use 'faults')")
+        unknown = sorted(set(body.faults) - INJECTABLE)
+        if unknown:
+            raise ApiError(422, f"unknown phases in faults: {unknown}; "
+                                f"known: {sorted(INJECTABLE)}")
+    move = engine.request_move(service=body.service, to_cluster=body.to_cluster,
+                               faults=body.faults)
+    start_move(move.id)
+    return MoveOut.of(move)
+
+
+@router.get("")
+def list_moves(registry: RegistryDep,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[MoveOut]:
+    return [MoveOut.of(m) for m in registry.moves(limit=limit)]
+
+
+@router.get("/{move_id}")
+def get_move(move_id: str, registry: RegistryDep) -> MoveOut:
+    return MoveOut.of(registry.get_move(move_id))
+
+
+@router.post("/{move_id}/abort", status_code=202)
+def abort_move(move_id: str, registry: RegistryDep, engine: EngineDep) -> MoveOut:
+    move = registry.get_move(move_id)
+    if move.status.terminal:
+        raise ApiError(409, f"move {move_id} already ended ({move.status}); nothing to abort")
+    if move.cutover_confirmed:
+        raise ApiError(409, f"move {move_id} is past its confirmed cutover and only goes "
+                            "forward now")
+    return MoveOut.of(engine.request_abort(move_id))
+
+
+@router.get("/{move_id}/events")
+async def move_events(
+    move_id: str, registry: RegistryDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-sent events: every event of the move so far, then live ones, until it ends."""
+    await asyncio.to_thread(registry.get_move, move_id)  # 404 before the stream starts
+
+    async def stream() -> AsyncIterator[str]:
+        last = last_event_id or "0"
+        while True:
+            batch = await asyncio.to_thread(registry.wait_events, move_id, after=last,
+                                            block_ms=1000)
+            for ev in batch:
+                last = ev.id
+                yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {json.dumps(ev.to_dict())}\n\n"
+            if not batch:
+                move = await asyncio.to_thread(registry.get_move, move_id)
+                if move.status.terminal:
+                    rest = await asyncio.to_thread(registry.events, move_id, after=last)
+                    for ev in rest:
+                        yield (f"id: {ev.id}\nevent: {ev.kind}\n"
+                               f"data: {json.dumps(ev.to_dict())}\n\n")
+                    yield f"event: end\ndata: {json.dumps({'status': str(move.status)})}\n\n"
+                    return
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})

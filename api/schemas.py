@@ -1,0 +1,125 @@
+"""Request and response schemas, separate from the domain records."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mobility.models import Cluster, Instance, Move, Service
+
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")]
+
+
+class MoveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    service: Name
+    to_cluster: Name
+    faults: list[str] = Field(default_factory=list, max_length=6,
+                              description="phases to fail on purpose (fault injection only)")
+
+
+class InstanceOut(BaseModel):
+    cluster: str
+    node: str
+    pod: str
+
+    @classmethod
+    def of(cls, i: Instance | None) -> InstanceOut | None:
+        return cls(cluster=i.cluster, node=i.node, pod=i.pod) if i else None
+
+
+class MoveOut(BaseModel):
+    id: str
+    service: str
+    status: str
+    phase: str | None
+    from_cluster: str
+    to_cluster: str
+    source: InstanceOut | None
+    target: InstanceOut | None
+    created_at: float
+    finished_at: float | None
+    total_ms: float | None
+    phase_ms: dict[str, float]
+    cutover_confirmed: bool
+    abort_requested: bool
+    error: str | None
+    origin: str
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, m: Move) -> MoveOut:
+        return cls(
+            id=m.id, service=m.service, status=str(m.status),
+            phase=str(m.phase) if m.phase else None, from_cluster=m.from_cluster,
+            to_cluster=m.to_cluster, source=InstanceOut.of(m.source),
+            target=InstanceOut.of(m.target), created_at=m.created_at,
+            finished_at=m.finished_at, total_ms=m.total_ms, phase_ms=dict(m.phase_ms),
+            cutover_confirmed=m.cutover_confirmed, abort_requested=m.abort_requested,
+            error=m.error, origin=m.origin,
+            links={"self": f"/v1/moves/{m.id}", "events": f"/v1/moves/{m.id}/events"},
+        )
+
+
+class ServiceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=23, pattern=r"^[a-z][a-z0-9-]*$")]
+    workload: Annotated[str, Field(min_length=1, max_length=32)]
+    cluster: Name
+    params: dict[str, float | int] = Field(default_factory=dict, max_length=16)
+    peers: list[Name] = Field(default_factory=list, max_length=16)
+
+
+class LinkOut(BaseModel):
+    id: str
+    vni: int
+    peer: str
+    ifname: str
+    mac: str
+    ip: str
+
+
+class ServiceOut(BaseModel):
+    name: str
+    workload: str
+    params: dict[str, Any]
+    instance: InstanceOut | None
+    moving: str | None
+    links: list[LinkOut]
+
+    @classmethod
+    def of(cls, s: Service, links: list[LinkOut]) -> ServiceOut:
+        return cls(name=s.name, workload=s.workload, params=dict(s.params),
+                   instance=InstanceOut.of(s.instance), moving=s.moving, links=links)
+
+
+class NodeOut(BaseModel):
+    name: str
+    underlay_ip: str
+    instances: list[str]
+
+
+class ClusterOut(BaseModel):
+    name: str
+    underlay_mtu: int
+    labels: dict[str, str]
+    nodes: list[NodeOut]
+
+    @classmethod
+    def of(cls, c: Cluster, services: dict[str, Service]) -> ClusterOut:
+        def at(node: str) -> list[str]:
+            return sorted(s.name for s in services.values()
+                          if s.instance and (s.instance.cluster, s.instance.node) == (c.name, node))
+
+        return cls(name=c.name, underlay_mtu=c.underlay_mtu, labels=dict(c.labels),
+                   nodes=[NodeOut(name=n.name, underlay_ip=n.underlay_ip, instances=at(n.name))
+                          for n in c.nodes])
+
+
+class Health(BaseModel):
+    status: str
+    redis: bool
+    detail: str = ""

@@ -1,0 +1,219 @@
+"""Pods on one lab node: what a node agent does for its node.
+
+A pod is a network namespace with ``eth0`` on the node's pod bridge (``cni0``) and a default
+route through the node, plus the NSM-style links the orchestrator asks for. Its workload is a
+real process started inside the namespace. The agent runs inside the node's namespace, so the
+VxLAN sockets of the links it makes live on the node's underlay.
+
+Per pod, ``<run dir>/pods/<pod>/`` holds ``meta.json`` (node, address, PID), the workload's
+log, its ready file and, for a probe, its results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dataplane import links, netlink
+from dataplane.errors import DataplaneError
+from dataplane.lab.topology import LabPlan, NodePlan, _running
+from dataplane.netlink import Netlink
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 3.0
+
+
+def workload_argv(workload: str, params: dict[str, Any], pod_dir: Path) -> list[str]:
+    """The command line of a named workload; nothing else is ever run."""
+    ready = str(pod_dir / "ready")
+    if workload == "echo":
+        return [sys.executable, "-m", "dataplane.lab.workloads.echo",
+                "--port", str(int(params.get("port", 7000))), "--ready-file", ready]
+    if workload == "probe":
+        return [sys.executable, "-m", "dataplane.lab.workloads.probe",
+                "--target", str(params["target"]), "--rate", str(float(params.get("rate", 1000))),
+                "--count", str(int(params.get("count", 0))),
+                "--out", str(pod_dir / "probe.json"), "--progress", str(pod_dir / "progress.json"),
+                "--ready-file", ready]
+    raise DataplaneError(f"unknown workload {workload!r}")
+
+
+class NodeRuntime:
+    """Pod and link operations for one node; every operation is idempotent."""
+
+    def __init__(self, plan: LabPlan, node: NodePlan) -> None:
+        self.plan = plan
+        self.node = node
+        self.pods_dir = plan.run_dir / "pods"
+        self._handles: dict[str, Netlink] = {}
+
+    # --- pods ---
+
+    def pod_dir(self, pod: str) -> Path:
+        return self.pods_dir / pod
+
+    def _meta(self, pod: str) -> dict[str, Any] | None:
+        path = self.pod_dir(pod) / "meta.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _write_meta(self, pod: str, meta: dict[str, Any]) -> None:
+        d = self.pod_dir(pod)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "meta.json.tmp").write_text(json.dumps(meta))
+        (d / "meta.json.tmp").replace(d / "meta.json")
+
+    def _allocate_ip(self) -> str:
+        """The lowest free address of the node's pod subnet (this agent is its only writer)."""
+        used = {self.node.pod_gateway}
+        if self.pods_dir.is_dir():
+            for meta_path in self.pods_dir.glob("*/meta.json"):
+                m = json.loads(meta_path.read_text())
+                if (m["cluster"], m["node"]) == (self.node.cluster, self.node.name):
+                    used.add(m["ip"])
+        for host in ipaddress.IPv4Network(self.node.pod_subnet).hosts():
+            if str(host) not in used:
+                return str(host)
+        raise DataplaneError(f"node {self.node.queue_id}: pod subnet {self.node.pod_subnet} full")
+
+    @staticmethod
+    def _host_ifname(pod: str) -> str:
+        return "p" + hashlib.sha1(pod.encode()).hexdigest()[:10]
+
+    def create_pod(self, *, pod: str, workload: str, params: dict[str, Any],
+                   start: bool) -> dict[str, Any]:
+        ns = self.plan.pod_namespace(pod)
+        meta = self._meta(pod)
+        if meta is None:
+            meta = {"pod": pod, "namespace": ns, "cluster": self.node.cluster,
+                    "node": self.node.name, "ip": self._allocate_ip(), "workload": workload,
+                    "pid": None}
+            self._write_meta(pod, meta)
+        netlink.create_namespace(ns)
+        host_if = self._host_ifname(pod)
+        with Netlink() as nodenl:
+            nodenl.add_veth(host_if, peer="eth0", peer_namespace=ns)
+            nodenl.set_master(host_if, "cni0")
+            nodenl.set_up(host_if)
+        with Netlink(ns) as podnl:
+            podnl.add_address("eth0", f"{meta['ip']}/24")
+            podnl.set_up("eth0")
+            podnl.set_route("default", gateway=self.node.pod_gateway)
+        if start:
+            self.start_workload(pod=pod, workload=workload, params=params)
+        return {"namespace": ns, "ip": meta["ip"]}
+
+    def start_workload(self, *, pod: str, workload: str, params: dict[str, Any]) -> int:
+        meta = self._meta(pod)
+        if meta is None:
+            raise DataplaneError(f"pod {pod} does not exist on {self.node.queue_id}")
+        if meta.get("pid") and _running(int(meta["pid"])):
+            return int(meta["pid"])
+        d = self.pod_dir(pod)
+        (d / "ready").unlink(missing_ok=True)
+        argv = workload_argv(workload, params, d)
+        with open(d / "workload.log", "ab") as logf:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.plan.pod_namespace(pod), *argv],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        meta["pid"] = proc.pid
+        self._write_meta(pod, meta)
+        log.info("pod %s: started %s as pid %s", pod, workload, proc.pid)
+        return proc.pid
+
+    def wait_ready(self, *, pod: str, timeout: float) -> None:
+        meta = self._meta(pod)
+        if meta is None or not meta.get("pid"):
+            raise DataplaneError(f"pod {pod} has no workload on {self.node.queue_id}")
+        ready = self.pod_dir(pod) / "ready"
+        deadline = time.monotonic() + timeout
+        while True:
+            if not _running(int(meta["pid"])):
+                tail = (self.pod_dir(pod) / "workload.log").read_text()[-500:]
+                raise DataplaneError(f"pod {pod}: workload exited: {tail}")
+            if ready.exists():
+                return
+            if time.monotonic() > deadline:
+                raise DataplaneError(f"pod {pod}: not ready after {timeout} s", retryable=True)
+            time.sleep(0.005)
+
+    def delete_pod(self, *, pod: str) -> None:
+        ns = self.plan.pod_namespace(pod)
+        self._drop_handle(ns)
+        pids = netlink.namespace_pids(ns)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and any(_running(p) for p in pids):
+            time.sleep(0.01)
+        for pid in pids:
+            if _running(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            # reap our own children so they do not linger as zombies
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        with Netlink() as nodenl:
+            nodenl.delete_link(self._host_ifname(pod))
+        netlink.delete_namespace(ns)
+        meta_path = self.pod_dir(pod) / "meta.json"
+        if meta_path.exists():
+            meta_path.replace(self.pod_dir(pod) / "meta.deleted.json")
+        log.info("pod %s deleted", pod)
+
+    # --- links ---
+
+    def _handle(self, ns: str) -> Netlink:
+        """A kept-open netlink handle per pod: the cutover path must not fork per call."""
+        nl = self._handles.get(ns)
+        if nl is None:
+            nl = Netlink(ns)
+            nl.open()
+            self._handles[ns] = nl
+        return nl
+
+    def _drop_handle(self, ns: str) -> None:
+        nl = self._handles.pop(ns, None)
+        if nl is not None:
+            nl.close()
+
+    def create_end(self, *, pod: str, ifname: str, vni: int, mac: str, cidr: str,
+                   peer_mac: str, peer_ip: str, peer_node_ip: str, underlay_mtu: int) -> int:
+        return links.create_end(
+            ifname=ifname, vni=vni, underlay_mtu=underlay_mtu,
+            end=links.LinkEnd(pod_namespace=self.plan.pod_namespace(pod), node_namespace=None,
+                              node_ip=self.node.underlay_ip, mac=mac, cidr=cidr),
+            peer=links.Peer(mac=peer_mac, ip=peer_ip, node_ip=peer_node_ip),
+        )
+
+    def delete_end(self, *, pod: str, ifname: str) -> None:
+        links.delete_end(pod_namespace=self.plan.pod_namespace(pod), ifname=ifname)
+
+    def switch(self, *, pod: str, ifname: str, mac: str, node_ip: str) -> None:
+        ns = self.plan.pod_namespace(pod)
+        try:
+            links.switch(pod_namespace=ns, ifname=ifname, mac=mac, node_ip=node_ip,
+                         netlink=self._handle(ns))
+        except DataplaneError:
+            # the cached handle may point at a namespace that was recreated; retry fresh once
+            self._drop_handle(ns)
+            links.switch(pod_namespace=ns, ifname=ifname, mac=mac, node_ip=node_ip,
+                         netlink=self._handle(ns))
+
+    def fdb_dst(self, *, pod: str, ifname: str, mac: str) -> str | None:
+        return links.current_node(pod_namespace=self.plan.pod_namespace(pod), ifname=ifname,
+                                  mac=mac)

@@ -1,0 +1,229 @@
+"""The ``mobility`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dataplane.lab import topology
+from mobility.cli import demo as demo_mod
+from mobility.cli.stack import Stack, StackError
+from mobility.logs import configure_logging
+from mobility.settings import get_settings
+
+app = typer.Typer(help="Move running services between clusters.", no_args_is_help=True,
+                  add_completion=False)
+lab_app = typer.Typer(help="The local multi-cluster lab.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="lab topology (TOML)")]
+
+
+def _plan(config: str | None) -> topology.LabPlan:
+    path = config or os.environ.get("MOBILITY_LAB_CONFIG")
+    try:
+        return topology.plan(topology.load_config(path, name=get_settings().lab_name))
+    except (topology.LabConfigError, OSError) as exc:
+        err.print(f"[red]lab config:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _stack(plan: topology.LabPlan) -> Stack:
+    return Stack(plan=plan, redis_port=int(os.environ.get("MOBILITY_STACK_REDIS_PORT", "6391")),
+                 api_port=get_settings().api_port)
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        err.print("[red]the lab needs root[/] (it makes network namespaces); run as root")
+        raise typer.Exit(2)
+
+
+@lab_app.command("up")
+def lab_up(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Create the lab's namespaces, links and routes (idempotent)."""
+    _need_root()
+    plan = topology.up(_plan(config))
+    status = topology.status(plan.name)
+    if as_json:
+        print(json.dumps(status))
+    else:
+        out.print(f"lab [bold]{plan.name}[/] is up: {len(plan.clusters)} clusters, "
+                  f"{len(plan.nodes)} nodes, underlay {plan.underlay}")
+
+
+@lab_app.command("down")
+def lab_down(as_json: JsonOpt = False) -> None:
+    """Remove everything the lab made: processes, namespaces, host link (idempotent)."""
+    _need_root()
+    name = get_settings().lab_name
+    report = topology.down(name)
+    if os.path.exists("/run/service-mobility/stack.env"):
+        with open("/run/service-mobility/stack.env") as fh:
+            if f"MOBILITY_LAB_NAME={name}\n" in fh.read():
+                os.unlink("/run/service-mobility/stack.env")
+    left = topology.namespaces_left(name)
+    result = {"lab": name, "namespaces_removed": report.namespaces,
+              "links_removed": report.links, "processes_ended": len(report.processes),
+              "namespaces_left": left}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        out.print(f"lab [bold]{name}[/] is down: {len(report.namespaces)} namespaces, "
+                  f"{len(report.links)} host links, {len(report.processes)} processes removed")
+    if left:
+        raise typer.Exit(1)
+
+
+def _services() -> list[dict[str, Any]] | str:
+    try:
+        with httpx.Client(base_url=get_settings().api_url, timeout=3) as api:
+            resp = api.get("/v1/services")
+            resp.raise_for_status()
+            result: list[dict[str, Any]] = resp.json()
+            return result
+    except httpx.HTTPError as exc:
+        return f"API not reachable: {exc}"
+
+
+@lab_app.command("status")
+def lab_status(as_json: JsonOpt = False) -> None:
+    """Clusters, nodes, pods (namespace, addresses, links) and services."""
+    status = topology.status(get_settings().lab_name)
+    services = _services()
+    status["services"] = services if isinstance(services, list) else []
+    if isinstance(services, str):
+        status["services_error"] = services
+    if as_json:
+        print(json.dumps(status))
+        return
+    if not status["up"]:
+        out.print(f"lab [bold]{status['name']}[/] is down")
+        return
+    table = Table(title=f"lab {status['name']} ({status['underlay']})")
+    for col in ("cluster", "node", "underlay", "pods"):
+        table.add_column(col)
+    for c in status["clusters"]:
+        for n in c["nodes"]:
+            pods = [p["pod"] for p in status["pods"]
+                    if (p.get("cluster"), p.get("node")) == (c["name"], n["name"])]
+            table.add_row(c["name"], n["name"], n["underlay_ip"], ", ".join(pods))
+    out.print(table)
+    for s in status["services"]:
+        inst = s.get("instance") or {}
+        out.print(f"service {s['name']} ({s['workload']}) at {inst.get('cluster')}/"
+                  f"{inst.get('node')} pod {inst.get('pod')}")
+
+
+@app.command("up")
+def stack_up(config: ConfigOpt = None) -> None:
+    """Bring up the lab and its control plane: Redis, node agents, orchestrator, beat, API."""
+    _need_root()
+    stack = _stack(_plan(config))
+    try:
+        stack.up(progress=lambda what: err.print(f"[dim]starting {what}[/]"))
+    except StackError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    out.print(f"up: API at {stack.api_url}, Redis on 127.0.0.1:{stack.redis_port}")
+
+
+@app.command("down")
+def stack_down(as_json: JsonOpt = False) -> None:
+    """The same as ``mobility lab down``."""
+    lab_down(as_json)
+
+
+@app.command("demo")
+def demo(
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    rate: Annotated[float, typer.Option(help="probe requests per second")] = 1000.0,
+    to: Annotated[str, typer.Option(help="cluster to move the service to")] = "edge",
+    source: Annotated[str, typer.Option("--from", help="cluster to start in")] = "core",
+) -> None:
+    """A live move on the local lab: echo service core -> edge under a 1,000 req/s probe."""
+    _need_root()
+    plan = _plan(config)
+    stack = _stack(plan)
+    say = (lambda _m: None) if as_json else (lambda m: err.print(f"[dim]{m}[/]"))
+    try:
+        stack.up(progress=lambda what: say(f"starting {what}"))
+        started = time.monotonic()
+
+        def on_event(ev: dict[str, Any]) -> None:
+            if as_json:
+                return
+            t = f"{(time.monotonic() - started):7.3f}s"
+            phase = ev.get("phase") or ""
+            colour = {"phase_started": "cyan", "phase_ended": "green", "phase_failed": "red",
+                      "cutover_confirmed": "magenta", "status": "yellow"}.get(ev["kind"], "white")
+            out.print(f"{t}  [{colour}]{ev['kind']:<18}[/] {phase:<8} {ev.get('detail', '')}")
+
+        summary = demo_mod.run(plan=plan, api_url=stack.api_url, to_cluster=to,
+                               from_cluster=source, rate=rate, on_event=on_event, say=say)
+    except (StackError, demo_mod.DemoError, httpx.HTTPError) as exc:
+        err.print(f"[red]demo failed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    ok = summary["status"] == "succeeded" and summary["probes_lost"] == 0
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        table = Table(title=f"move {summary['move_id']}: {summary['status']}")
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        for phase, ms in summary["phases"].items():
+            table.add_row(f"phase {phase}", f"{ms:.1f} ms")
+        table.add_row("total (API call to succeeded)", f"{summary['total_ms']} ms")
+        table.add_row("requests sent", str(summary["probes_sent"]))
+        table.add_row("lost", str(summary["probes_lost"]))
+        table.add_row("duplicated", str(summary["probes_duplicated"]))
+        table.add_row("longest reply gap", f"{summary['probe_max_gap_ms']} ms")
+        table.add_row("moved", f"{summary['from_cluster']} -> {summary['to_cluster']}")
+        table.add_row("service now at", summary["service_now_at"])
+        out.print(table)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("move")
+def move(
+    service: str, to_cluster: str,
+    wait: Annotated[bool, typer.Option(help="wait for the move to end")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask the API to move SERVICE to TO_CLUSTER."""
+    with httpx.Client(base_url=get_settings().api_url, timeout=60) as api:
+        resp = api.post("/v1/moves", json={"service": service, "to_cluster": to_cluster})
+        if resp.status_code >= 400:
+            err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
+            raise typer.Exit(1)
+        m = resp.json()
+        if wait:
+            demo_mod.follow_events(api, m["id"], lambda _e: None)
+            m = api.get(f"/v1/moves/{m['id']}").json()
+    if as_json:
+        print(json.dumps(m))
+    else:
+        out.print(f"move {m['id']}: {m['status']} ({m.get('total_ms')} ms)")
+    if wait and m["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    configure_logging(os.environ.get("MOBILITY_LOG_LEVEL", "WARNING"))
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

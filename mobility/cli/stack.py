@@ -1,0 +1,247 @@
+"""The local control plane around a lab: Redis, node agents, orchestrator, beat and API.
+
+Each process is started once, recorded (PID and start time) under the lab's run directory and
+reused while it runs, so ``ensure`` is cheap and idempotent; ``mobility lab down`` ends exactly
+the recorded processes and those inside the lab's namespaces.
+
+Redis binds 127.0.0.1 and the host end of the lab's host link, so node agents inside the lab
+reach it; since that is not loopback, it has a password (never ``protected-mode no``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from dataplane.lab import topology
+from dataplane.lab.topology import LabPlan
+from mobility.models import Cluster, Node
+from mobility.registry import Registry
+from mobility.settings import DEFAULT_ENV_FILE
+from workers.app import client
+
+log = logging.getLogger(__name__)
+
+
+class StackError(RuntimeError):
+    """A control-plane process could not be started; the message says what to do."""
+
+
+def lab_clusters(plan: LabPlan) -> list[Cluster]:
+    return [
+        Cluster(name=c.name, underlay_mtu=c.mtu, nodes=tuple(
+            Node(name=n.name, cluster=n.cluster, underlay_ip=n.underlay_ip, namespace=n.namespace)
+            for n in plan.nodes if n.cluster == c.name))
+        for c in plan.clusters
+    ]
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, log_path: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    tail = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
+    raise StackError(f"{what} did not come up within {timeout:g} s\n{tail}")
+
+
+@dataclass
+class Stack:
+    plan: LabPlan
+    redis_port: int = 6391
+    api_port: int = 8470
+    fault_injection: bool = False
+    write_env_file: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return self.plan.run_dir
+
+    @property
+    def logs(self) -> Path:
+        d = self.run_dir / "logs"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _password(self) -> str:
+        path = self.run_dir / "redis" / "password"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+    def redis_url(self, *, from_lab: bool = False) -> str:
+        host = self.plan.host_ip if from_lab else "127.0.0.1"
+        return f"redis://:{self._password()}@{host}:{self.redis_port}/0"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOBILITY_")}
+        env.update(
+            MOBILITY_REDIS_URL=self.redis_url(),
+            MOBILITY_LAB_NAME=self.plan.name,
+            MOBILITY_API_PORT=str(self.api_port),
+            MOBILITY_FAULT_INJECTION="1" if self.fault_injection else "0",
+            MOBILITY_ENV_FILE=os.devnull,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def _spawn(self, role: str, argv: list[str], env: dict[str, str]) -> int:
+        pid = topology.recorded_pid(self.run_dir, role)
+        if pid is not None:
+            return pid
+        with open(self.logs / f"{role}.log", "ab") as out:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=str(self.run_dir))
+        topology.record_process(self.run_dir, role, proc.pid)
+        log.info("started %s as pid %s", role, proc.pid)
+        return proc.pid
+
+    # --- the pieces ---
+
+    def ensure_lab(self) -> None:
+        topology.up(self.plan)
+
+    def ensure_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise StackError("redis-server is not installed: run scripts/setup.sh "
+                             "(or apt-get install redis-server)")
+        if topology.recorded_pid(self.run_dir, "redis") is None and _port_open(
+                "127.0.0.1", self.redis_port):
+            raise StackError(f"port {self.redis_port} is taken by a process this lab did not "
+                             "start; set MOBILITY_STACK_REDIS_PORT to another port")
+        data = self.run_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        self._spawn("redis", [
+            binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", f"-{self.plan.host_ip}",
+            "--requirepass", self._password(), "--dir", str(data), "--save", "",
+            "--appendonly", "no", "--daemonize", "no",
+        ], self.env())
+        client = redis.Redis.from_url(self.redis_url(), socket_timeout=1)
+
+        def pong() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        _wait("redis", pong, 15, self.logs / "redis.log")
+        # Redis was perhaps started before the lab's host link existed: listen there too now.
+        client.config_set("bind", f"127.0.0.1 -{self.plan.host_ip}")
+        if self.write_env_file:
+            path = Path(DEFAULT_ENV_FILE)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(f"MOBILITY_REDIS_URL={self.redis_url()}\n"
+                            f"MOBILITY_LAB_NAME={self.plan.name}\n"
+                            f"MOBILITY_API_PORT={self.api_port}\n")
+        Registry(client).ping()
+        reg = Registry(redis.Redis.from_url(self.redis_url()))
+        for cluster in lab_clusters(self.plan):
+            reg.put_cluster(cluster)
+
+    def ensure_agents(self) -> None:
+        for n in self.plan.nodes:
+            self._spawn(f"agent-{n.cluster}-{n.name}", [
+                "nsenter", f"--net=/run/netns/{n.namespace}", sys.executable, "-m", "celery",
+                "-A", "workers.app", "worker", "-Q", f"dataplane.{n.cluster}.{n.name}",
+                "-P", "solo", "-n", f"agent-{n.cluster}-{n.name}@{self.plan.name}",
+                "--without-gossip", "--without-mingle", "-l", "INFO",
+            ], self.env(MOBILITY_REDIS_URL=self.redis_url(from_lab=True),
+                        MOBILITY_NODE=f"{n.cluster}/{n.name}"))
+
+    def ensure_orchestrator(self) -> None:
+        self._spawn("orchestrator", [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "orchestration",
+            "-P", "threads", "-c", "8", "-n", f"orchestrator@{self.plan.name}",
+            "--without-gossip", "--without-mingle", "-l", "INFO",
+        ], self.env())
+
+    def ensure_beat(self) -> None:
+        self._spawn("beat", [
+            sys.executable, "-m", "celery", "-A", "workers.app", "beat",
+            "-s", str(self.run_dir / "beat-schedule"), "-l", "INFO",
+        ], self.env())
+
+    def ensure_api(self) -> None:
+        if topology.recorded_pid(self.run_dir, "api") is None and _port_open(
+                "127.0.0.1", self.api_port):
+            raise StackError(f"port {self.api_port} is taken by a process this lab did not "
+                             "start; set MOBILITY_API_PORT to another port")
+        self._spawn("api", [
+            sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
+            "--host", "127.0.0.1", "--port", str(self.api_port), "--log-level", "warning",
+        ], self.env())
+
+    def up(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
+        progress("lab namespaces")
+        self.ensure_lab()
+        progress("redis")
+        self.ensure_redis()
+        progress("node agents, orchestrator, beat, api")
+        self.ensure_agents()
+        self.ensure_orchestrator()
+        self.ensure_beat()
+        self.ensure_api()
+        progress("waiting for every process to answer")
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        app = client(self.redis_url())
+
+        def answers(task: str, queue: str) -> Callable[[], bool]:
+            def check() -> bool:
+                res = app.send_task(task, args=[{}] if task == "node.ping" else [], queue=queue,
+                                    expires=5)
+                try:
+                    res.get(timeout=2)
+                    return True
+                except Exception:
+                    return False
+                finally:
+                    res.forget()
+
+            return check
+
+        for n in self.plan.nodes:
+            _wait(f"node agent {n.cluster}/{n.name}",
+                  answers("node.ping", f"dataplane.{n.cluster}.{n.name}"), timeout,
+                  self.logs / f"agent-{n.cluster}-{n.name}.log")
+        _wait("orchestrator", answers("orchestrator.ping", "orchestration"), timeout,
+              self.logs / "orchestrator.log")
+        _wait("api", lambda: _port_open("127.0.0.1", self.api_port), timeout,
+              self.logs / "api.log")
+
+    def stop_process(self, role: str) -> None:
+        pid = topology.recorded_pid(self.run_dir, role)
+        if pid is not None:
+            topology._terminate([pid])
+        (self.run_dir / "pids" / f"{role}.json").unlink(missing_ok=True)

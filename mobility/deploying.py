@@ -1,0 +1,161 @@
+"""Deploying and removing services, with the links to their peers.
+
+A link's identity (VNI, MACs, addresses from 169.254.0.0/16) is allocated once, here, and
+kept for the link's life: moves reuse it so peers never see a new address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+
+from mobility import planning, workloads
+from mobility.errors import Conflict, FederationError, Invalid, NotFound
+from mobility.models import Instance, Link, LinkEnd, Params, Service
+from mobility.ports import Federation, Wiring
+from mobility.registry import Registry
+from mobility.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[a-z][a-z0-9-]{0,22}$")
+LINK_NET = ipaddress.IPv4Network("169.254.0.0/16")
+FIRST_BLOCK_OFFSET = 256  # 169.254.0.0/24 is reserved (RFC 3927); start at 169.254.1.0
+MAX_BLOCKS = (LINK_NET.num_addresses - 2 * 256) // 4
+
+
+def link_identity(block: int) -> tuple[tuple[str, str], tuple[str, str]]:
+    """MAC and IP of both ends of the link numbered ``block`` (a /30 each)."""
+    if not 1 <= block <= MAX_BLOCKS:
+        raise Conflict("no link addresses left in 169.254.0.0/16")
+    base = int(LINK_NET.network_address) + FIRST_BLOCK_OFFSET + 4 * (block - 1)
+    mac = f"02:6d:{(block >> 16) & 0xFF:02x}:{(block >> 8) & 0xFF:02x}:{block & 0xFF:02x}"
+    return (
+        (f"{mac}:01", str(ipaddress.IPv4Address(base + 1))),
+        (f"{mac}:02", str(ipaddress.IPv4Address(base + 2))),
+    )
+
+
+class Deployer:
+    def __init__(self, *, registry: Registry, federation: Federation, wiring: Wiring,
+                 settings: Settings) -> None:
+        self.registry = registry
+        self.federation = federation
+        self.wiring = wiring
+        self.settings = settings
+
+    def deploy(self, *, name: str, workload: str, params: Params, cluster: str,
+               peers: list[str]) -> Service:
+        if not NAME.match(name):
+            raise Invalid(f"service name {name!r}: lowercase letters, digits and '-', "
+                          "starting with a letter, at most 23 characters")
+        params = workloads.check(workload, params)
+        clusters = self.registry.clusters()
+        if cluster not in clusters:
+            raise NotFound(f"cluster {cluster!r} does not exist (known clusters: "
+                           f"{', '.join(sorted(clusters)) or 'none'})")
+        services = self.registry.services()
+        if name in services:
+            raise Conflict(f"service {name!r} already exists")
+        if len(set(peers)) != len(peers) or name in peers:
+            raise Invalid("peers must be distinct services other than the service itself")
+        peer_svcs = []
+        for p in peers:
+            peer = services.get(p)
+            if peer is None:
+                raise NotFound(f"peer service {p!r} does not exist")
+            if peer.instance is None:
+                raise Conflict(f"peer service {p!r} is not running")
+            if peer.moving:
+                raise Conflict(f"peer service {p!r} is moving (move {peer.moving}); try again "
+                               "when it has ended")
+            peer_svcs.append(peer)
+        if workload == "probe" and len(peer_svcs) != 1:
+            raise Invalid("a probe needs exactly one peer: the service it sends requests to")
+
+        node = planning.choose_node(
+            cluster=clusters[cluster],
+            avoid={f"{p.instance.cluster}/{p.instance.node}" for p in peer_svcs if p.instance},
+            load=planning.node_load(services.values()),
+        )
+        instance = Instance(cluster=cluster, node=node.name,
+                            pod=f"{name}-{self.registry.next_pod_index()}")
+        svc = Service(name=name, workload=workload, params=params)
+        self.registry.put_service(svc, create=True)
+
+        links: list[tuple[Link, Service]] = []
+        try:
+            for i, peer in enumerate(peer_svcs, start=1):
+                (mac_a, ip_a), (mac_b, ip_b) = link_identity(self.registry.next_link_block())
+                link = Link(
+                    id=f"{name}.{peer.name}", vni=self.registry.next_vni(),
+                    ends=(LinkEnd(service=name, ifname=f"nsm-{i}", mac=mac_a, ip=ip_a),
+                          LinkEnd(service=peer.name, ifname=f"nsm-{len(peer.links) + 1}",
+                                  mac=mac_b, ip=ip_b)),
+                )
+                self.registry.put_link(link)
+                links.append((link, peer))
+            if workload == "probe":
+                link, peer = links[0]
+                svc.params["target"] = f"{link.peer_of(name).ip}:{peer.params.get('port', 7000)}"
+            svc.links = [link.id for link, _ in links]
+            self.registry.put_service(svc)
+
+            self.federation.place(instance=instance, workload=workload, params=svc.params,
+                                  start=False)
+            for link, peer in links:
+                assert peer.instance is not None
+                self.wiring.create_end(link=link, service=name, instance=instance,
+                                       peer_instance=peer.instance)
+                self.wiring.create_end(link=link, service=peer.name, instance=peer.instance,
+                                       peer_instance=instance)
+                self.registry.update_service(peer.name, lambda s, lid=link.id: s.links.append(lid))
+            self.federation.start(instance=instance, workload=workload, params=svc.params)
+            self.federation.wait_ready(instance=instance, timeout=self.settings.ready_timeout_s)
+        except Exception:
+            log.exception("deploying %s failed; undoing", name)
+            self._undo(name, instance, links)
+            raise
+
+        def running(s: Service) -> None:
+            s.instance = instance
+
+        return self.registry.update_service(name, running)
+
+    def _undo(self, name: str, instance: Instance, links: list[tuple[Link, Service]]) -> None:
+        for link, peer in links:
+            try:
+                if peer.instance is not None:
+                    self.wiring.delete_end(link=link, service=peer.name, instance=peer.instance)
+            except FederationError as exc:
+                log.error("could not remove %s's end of %s: %s", peer.name, link.id, exc)
+            self.registry.update_service(
+                peer.name, lambda s, lid=link.id: s.links.remove(lid) if lid in s.links else None)
+            self.registry.delete_link(link.id)
+        try:
+            self.federation.unplace(instance=instance)
+        finally:
+            self.registry.delete_service(name)
+
+    def remove(self, name: str) -> None:
+        """Stop a service and remove its links from its peers. Refused while it moves."""
+        svc = self.registry.get_service(name)
+        if svc is None:
+            raise NotFound(f"service {name!r} does not exist")
+        if svc.moving:
+            raise Conflict(f"service {name!r} is moving (move {svc.moving}); abort the move or "
+                           "wait for it to end")
+        links = [(link, self.registry.get_service(link.peer_of(name).service))
+                 for link in self.registry.links_of(svc)]
+        if svc.instance is not None:
+            self.federation.unplace(instance=svc.instance)
+        for link, peer in links:
+            if peer is not None:
+                if peer.instance is not None:
+                    self.wiring.delete_end(link=link, service=peer.name, instance=peer.instance)
+                self.registry.update_service(
+                    peer.name,
+                    lambda s, lid=link.id: s.links.remove(lid) if lid in s.links else None)
+            self.registry.delete_link(link.id)
+        self.registry.delete_service(name)

@@ -1,0 +1,1 @@
+"""Placement backends: where instances start and stop (the lab now; KubeFed and Karmada next)."""

@@ -1,0 +1,41 @@
+"""The lab backend: instances are pods (network namespaces) on lab nodes, run by node agents.
+
+Every call goes to the agent of the node that holds the pod, through the ``NodeAgent`` port,
+because only that agent runs inside the node (it owns the node's namespace and pod network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mobility.models import Cluster, Instance, Node, Params
+from mobility.ports import NodeAgent
+
+
+class LabFederation:
+    def __init__(self, agent: NodeAgent, clusters: Callable[[], dict[str, Cluster]], *,
+                 call_timeout: float) -> None:
+        self.agent = agent
+        self.clusters = clusters
+        self.call_timeout = call_timeout
+
+    def _node(self, instance: Instance) -> Node:
+        return self.clusters()[instance.cluster].node(instance.node)
+
+    def place(self, *, instance: Instance, workload: str, params: Params, start: bool) -> None:
+        self.agent.call(self._node(instance), "create_pod",
+                        {"pod": instance.pod, "workload": workload, "params": params,
+                         "start": start}, timeout=self.call_timeout)
+
+    def start(self, *, instance: Instance, workload: str, params: Params) -> None:
+        self.agent.call(self._node(instance), "start_workload",
+                        {"pod": instance.pod, "workload": workload, "params": params},
+                        timeout=self.call_timeout)
+
+    def wait_ready(self, *, instance: Instance, timeout: float) -> None:
+        self.agent.call(self._node(instance), "wait_ready",
+                        {"pod": instance.pod, "timeout": timeout}, timeout=timeout + 5)
+
+    def unplace(self, *, instance: Instance) -> None:
+        self.agent.call(self._node(instance), "delete_pod", {"pod": instance.pod},
+                        timeout=self.call_timeout)

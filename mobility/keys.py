@@ -1,0 +1,41 @@
+"""Every Redis key the project uses. No key string is built anywhere else."""
+
+from __future__ import annotations
+
+PREFIX = "mob:"
+
+CLUSTERS = f"{PREFIX}clusters"  # set of cluster names
+SERVICES = f"{PREFIX}services"  # set of service names
+MOVES = f"{PREFIX}moves"  # zset: move id by creation time
+ACTIVE_MOVES = f"{PREFIX}moves:active"  # set of move ids not yet terminal
+VNI_SEQ = f"{PREFIX}seq:vni"
+LINK_BLOCK_SEQ = f"{PREFIX}seq:linkblock"
+POD_SEQ = f"{PREFIX}seq:pod"
+
+
+def cluster(name: str) -> str:
+    return f"{PREFIX}cluster:{name}"
+
+
+def service(name: str) -> str:
+    return f"{PREFIX}service:{name}"
+
+
+def link(link_id: str) -> str:
+    return f"{PREFIX}link:{link_id}"
+
+
+def move(move_id: str) -> str:
+    return f"{PREFIX}move:{move_id}"
+
+
+def move_events(move_id: str) -> str:
+    return f"{PREFIX}move:{move_id}:events"
+
+
+def move_lease(move_id: str) -> str:
+    return f"{PREFIX}lease:move:{move_id}"
+
+
+def service_lock(name: str) -> str:
+    return f"{PREFIX}lock:service:{name}"

@@ -1,0 +1,232 @@
+"""Domain records: clusters, services, links, moves and their events.
+
+Plain dataclasses with explicit ``to_dict``/``from_dict`` so the registry can store them as
+msgpack without pickle, and the API can map them to its own schemas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+Params = dict[str, str | int | float | bool]
+
+
+class Phase(StrEnum):
+    ADMIT = "admit"
+    PLACE = "place"
+    WIRE = "wire"
+    SYNC = "sync"
+    CUTOVER = "cutover"
+    RELEASE = "release"
+
+
+class MoveStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    ROLLING_BACK = "rolling_back"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (MoveStatus.SUCCEEDED, MoveStatus.FAILED, MoveStatus.ROLLED_BACK)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    cluster: str
+    underlay_ip: str
+    namespace: str | None = None  # the lab's node namespace; None on a real host
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    nodes: tuple[Node, ...]
+    underlay_mtu: int = 1500
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"cluster {self.name} has no node {name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "underlay_mtu": self.underlay_mtu,
+            "labels": dict(self.labels),
+            "nodes": [dataclasses.asdict(n) for n in self.nodes],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Cluster:
+        return cls(
+            name=d["name"],
+            underlay_mtu=int(d.get("underlay_mtu", 1500)),
+            labels=tuple(sorted(dict(d.get("labels", {})).items())),
+            nodes=tuple(Node(**n) for n in d["nodes"]),
+        )
+
+
+@dataclass(frozen=True)
+class Instance:
+    """Where one copy of a service runs."""
+
+    cluster: str
+    node: str
+    pod: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Instance:
+        return cls(cluster=d["cluster"], node=d["node"], pod=d["pod"])
+
+
+@dataclass(frozen=True)
+class LinkEnd:
+    """One side of a link: which service, which interface, which identity."""
+
+    service: str
+    ifname: str
+    mac: str
+    ip: str  # without prefix
+    prefixlen: int = 30
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.ip}/{self.prefixlen}"
+
+
+@dataclass(frozen=True)
+class Link:
+    """An NSM-style point-to-point link; its identity never changes while services move."""
+
+    id: str
+    vni: int
+    ends: tuple[LinkEnd, LinkEnd]
+
+    def end_of(self, service: str) -> LinkEnd:
+        for e in self.ends:
+            if e.service == service:
+                return e
+        raise KeyError(f"link {self.id} does not touch {service}")
+
+    def peer_of(self, service: str) -> LinkEnd:
+        a, b = self.ends
+        if a.service == service:
+            return b
+        if b.service == service:
+            return a
+        raise KeyError(f"link {self.id} does not touch {service}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "vni": self.vni, "ends": [dataclasses.asdict(e) for e in self.ends]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Link:
+        a, b = (LinkEnd(**e) for e in d["ends"])
+        return cls(id=d["id"], vni=int(d["vni"]), ends=(a, b))
+
+
+@dataclass
+class Service:
+    name: str
+    workload: str
+    params: Params = field(default_factory=dict)
+    instance: Instance | None = None
+    links: list[str] = field(default_factory=list)  # link ids
+    moving: str | None = None  # id of the move in progress, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "workload": self.workload,
+            "params": dict(self.params),
+            "instance": self.instance.to_dict() if self.instance else None,
+            "links": list(self.links),
+            "moving": self.moving,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Service:
+        inst = d.get("instance")
+        return cls(
+            name=d["name"],
+            workload=d["workload"],
+            params=dict(d.get("params") or {}),
+            instance=Instance.from_dict(inst) if inst else None,
+            links=list(d.get("links") or []),
+            moving=d.get("moving"),
+        )
+
+
+@dataclass
+class Move:
+    id: str
+    service: str
+    from_cluster: str
+    to_cluster: str
+    status: MoveStatus = MoveStatus.PENDING
+    phase: Phase | None = None
+    epoch: int = 0  # bumped whenever the reaper takes the move over; stale tasks then stop
+    created_at: float = 0.0
+    finished_at: float | None = None
+    source: Instance | None = None
+    target: Instance | None = None
+    phases_started: list[str] = field(default_factory=list)
+    phases_done: list[str] = field(default_factory=list)
+    phase_ms: dict[str, float] = field(default_factory=dict)
+    cutover_confirmed: bool = False
+    abort_requested: bool = False
+    faults: list[str] = field(default_factory=list)
+    error: str | None = None
+    origin: str = "api"
+    strategy: str = "stateless"
+
+    @property
+    def total_ms(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return round((self.finished_at - self.created_at) * 1000, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["status"] = str(self.status)
+        d["phase"] = str(self.phase) if self.phase else None
+        d["source"] = self.source.to_dict() if self.source else None
+        d["target"] = self.target.to_dict() if self.target else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Move:
+        d = dict(d)
+        d["status"] = MoveStatus(d["status"])
+        d["phase"] = Phase(d["phase"]) if d.get("phase") else None
+        d["source"] = Instance.from_dict(d["source"]) if d.get("source") else None
+        d["target"] = Instance.from_dict(d["target"]) if d.get("target") else None
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a move's event stream."""
+
+    move_id: str
+    kind: str  # phase_started, phase_ended, phase_failed, compensated, status
+    ts: float
+    phase: str | None = None
+    detail: str = ""
+    id: str = ""  # the stream entry id, filled in when read back
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

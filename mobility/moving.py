@@ -1,0 +1,343 @@
+"""The move engine: runs one phase (or one compensation pass) of a move against the ports.
+
+Each phase is idempotent: it reads the move record first and does nothing when the phase is
+already done or the task belongs to an older epoch (the reaper took the move over). While a
+phase runs, its worker holds the move's lease; if the worker dies, the lease expires and the
+reaper (:meth:`Engine.reap`) either finishes the move (cutover confirmed) or rolls it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from mobility import planning
+from mobility.errors import InjectedFault, MobilityError, MoveAborted, PhaseFailed
+from mobility.models import Event, Instance, Link, Move, MoveStatus, Phase, Service
+from mobility.phases import COMPENSATIONS, compensation_plan, recovery, remaining
+from mobility.ports import Federation, Wiring
+from mobility.registry import Registry, StaleEpoch, new_move_id
+from mobility.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Phases may be asked to fail on purpose when fault injection is on (tests and drills).
+INJECTABLE = frozenset(str(p) for p in Phase)
+
+
+@dataclass(frozen=True)
+class Reaped:
+    move_id: str
+    epoch: int
+    action: str  # "forward" or "rollback"
+    phases: tuple[Phase, ...] = ()
+
+
+class Engine:
+    def __init__(self, *, registry: Registry, federation: Federation, wiring: Wiring,
+                 settings: Settings) -> None:
+        self.registry = registry
+        self.federation = federation
+        self.wiring = wiring
+        self.settings = settings
+
+    # --- creating a move (the API side of ADMIT) ---
+
+    def request_move(self, *, service: str, to_cluster: str, faults: list[str] | None = None,
+                     origin: str = "api") -> Move:
+        """Validate and record a move, taking the service's lock. Raises NotFound/Conflict."""
+        faults = list(faults or [])
+        svc = planning.validate_move(
+            service=self.registry.get_service(service), service_name=service,
+            to_cluster=to_cluster, clusters=self.registry.clusters(),
+        )
+        assert svc.instance is not None
+        move = Move(id=new_move_id(), service=service, from_cluster=svc.instance.cluster,
+                    to_cluster=to_cluster, created_at=time.time(), source=svc.instance,
+                    faults=faults, origin=origin)
+        self.registry.create_move(move)
+        self._event(move.id, "status", detail="pending")
+        return move
+
+    def request_abort(self, move_id: str) -> Move:
+        def ask(m: Move) -> None:
+            if not m.status.terminal and not m.cutover_confirmed:
+                m.abort_requested = True
+
+        return self.registry.update_move(move_id, ask)
+
+    # --- running phases ---
+
+    def run_phase(self, move_id: str, epoch: int, phase: Phase) -> bool:
+        """Run one phase. Returns False when the chain must stop (stale, terminal)."""
+        move = self.registry.get_move(move_id)
+        if move.epoch != epoch or move.status.terminal or move.status == MoveStatus.ROLLING_BACK:
+            log.info("move %s: skipping %s (epoch %s/%s, status %s)", move_id, phase, epoch,
+                     move.epoch, move.status)
+            return False
+        if str(phase) in move.phases_done:
+            return True
+        if move.abort_requested and not move.cutover_confirmed:
+            raise MoveAborted(f"move {move_id} aborted on request before {phase}")
+
+        def start(m: Move) -> None:
+            m.status = MoveStatus.RUNNING
+            m.phase = phase
+            if str(phase) not in m.phases_started:
+                m.phases_started.append(str(phase))
+
+        move = self.registry.update_move(move_id, start, epoch=epoch)
+        self._event(move_id, "phase_started", phase=phase)
+        t0 = time.perf_counter()
+        with self.lease(move_id):
+            getattr(self, f"_{phase}")(move, epoch)
+            if str(phase) in move.faults:
+                raise InjectedFault(f"fault injected in {phase}")
+        ms = round((time.perf_counter() - t0) * 1000, 1)
+
+        def end(m: Move) -> None:
+            if str(phase) not in m.phases_done:
+                m.phases_done.append(str(phase))
+            m.phase_ms[str(phase)] = ms
+
+        self.registry.update_move(move_id, end, epoch=epoch)
+        self._event(move_id, "phase_ended", phase=phase, detail=f"{ms} ms")
+        return True
+
+    def _admit(self, move: Move, epoch: int) -> None:
+        """Record the plan: which node and pod take the new instance."""
+        if move.target is not None:
+            return
+        services = self.registry.services()
+        svc = services[move.service]
+        cluster = self.registry.clusters()[move.to_cluster]
+        node = planning.choose_node(
+            cluster=cluster,
+            avoid=planning.peer_nodes(move.service, self.registry.links_of(svc), services),
+            load=planning.node_load(services.values()),
+        )
+        target = Instance(cluster=cluster.name, node=node.name,
+                          pod=f"{move.service}-{self.registry.next_pod_index()}")
+
+        def plan(m: Move) -> None:
+            m.target = target
+
+        self.registry.update_move(move.id, plan, epoch=epoch)
+        move.target = target
+
+    def _place(self, move: Move, epoch: int) -> None:
+        svc = self._service(move)
+        target = self._target(move)
+        self.federation.place(instance=target, workload=svc.workload, params=svc.params,
+                              start=True)
+        self.federation.wait_ready(instance=target, timeout=self.settings.ready_timeout_s)
+
+    def _wire(self, move: Move, epoch: int) -> None:
+        svc = self._service(move)
+        target = self._target(move)
+        for link, peer in self._peers(svc):
+            self.wiring.create_end(link=link, service=svc.name, instance=target,
+                                   peer_instance=peer)
+
+    def _sync(self, move: Move, epoch: int) -> None:
+        """A stateless service has no state to copy; the state transfer fills this slot."""
+
+    def _cutover(self, move: Move, epoch: int) -> None:
+        svc = self._service(move)
+        target = self._target(move)
+        pairs = self._peers(svc)
+        for link, peer in pairs:
+            self.wiring.switch(link=link, moved=svc.name, peer_instance=peer, to_instance=target)
+        target_ip = self.registry.clusters()[target.cluster].node(target.node).underlay_ip
+        for link, peer in pairs:
+            now = self.wiring.points_to(link=link, moved=svc.name, peer_instance=peer)
+            if now != target_ip:
+                raise PhaseFailed(f"cutover not confirmed: {peer.pod} sends {svc.name}'s "
+                                  f"traffic to {now}, expected {target_ip}")
+        self.federation.wait_ready(instance=target, timeout=2.0)
+
+        def serve_from_target(s: Service) -> None:
+            s.instance = target
+
+        self.registry.update_service(svc.name, serve_from_target)
+
+        def confirm(m: Move) -> None:
+            m.cutover_confirmed = True
+
+        self.registry.update_move(move.id, confirm, epoch=epoch)
+        self._event(move.id, "cutover_confirmed", phase=Phase.CUTOVER,
+                    detail=f"{len(pairs)} peer(s) switched to {target.cluster}/{target.node}")
+
+    def _release(self, move: Move, epoch: int) -> None:
+        if move.source is not None:
+            self.federation.unplace(instance=move.source)
+
+    def complete(self, move_id: str, epoch: int) -> Move:
+        move = self.registry.get_move(move_id)
+        if move.epoch != epoch or move.status.terminal:
+            return move
+        move = self.registry.finish_move(move_id, MoveStatus.SUCCEEDED)
+        self._event(move_id, "status", detail="succeeded")
+        log.info("move %s succeeded in %s ms", move_id, move.total_ms)
+        return move
+
+    # --- compensation ---
+
+    def compensate(self, move_id: str, epoch: int, *, error: str) -> Move:
+        """Undo every started phase, newest first, then release the lock.
+
+        After a confirmed cutover nothing is undone: the move goes forward (RELEASE is retried
+        by the caller) or ends as failed with the service serving from the target.
+        """
+        move = self.registry.get_move(move_id)
+        if move.epoch != epoch or move.status.terminal:
+            return move
+        if move.cutover_confirmed:
+            move = self.registry.finish_move(move_id, MoveStatus.FAILED, error=error)
+            self._event(move_id, "status", detail=f"failed after cutover: {error}")
+            return move
+
+        def begin(m: Move) -> None:
+            m.status = MoveStatus.ROLLING_BACK
+            m.error = error
+
+        move = self.registry.update_move(move_id, begin, epoch=epoch)
+        self._event(move_id, "status", detail=f"rolling_back: {error}")
+        with self.lease(move_id):
+            for phase in compensation_plan(move):
+                name = COMPENSATIONS[phase]
+                try:
+                    getattr(self, f"_undo_{phase}")(move)
+                except MobilityError as exc:
+                    log.error("move %s: compensation %s failed: %s", move_id, name, exc)
+                    self._event(move_id, "compensation_failed", phase=phase,
+                                detail=f"{name}: {exc}")
+                    final = self.registry.finish_move(
+                        move_id, MoveStatus.FAILED, error=f"{error}; {name} failed: {exc}")
+                    self._event(move_id, "status", detail="failed")
+                    return final
+                self._event(move_id, "compensated", phase=phase, detail=str(name))
+        final = self.registry.finish_move(move_id, MoveStatus.ROLLED_BACK)
+        self._event(move_id, "status", detail="rolled_back")
+        return final
+
+    def _undo_admit(self, move: Move) -> None:
+        """release_lock: done by finish_move, which releases the lock with the move's end."""
+
+    def _undo_place(self, move: Move) -> None:
+        if move.target is not None:
+            self.federation.unplace(instance=move.target)
+
+    def _undo_wire(self, move: Move) -> None:
+        if move.target is None:
+            return
+        svc = self._service(move)
+        for link in self.registry.links_of(svc):
+            self.wiring.delete_end(link=link, service=svc.name, instance=move.target)
+
+    def _undo_sync(self, move: Move) -> None:
+        """drop_state: a stateless move holds no state session."""
+
+    def _undo_cutover(self, move: Move) -> None:
+        if move.source is None:
+            return
+        svc = self._service(move)
+        for link, peer in self._peers(svc):
+            self.wiring.switch(link=link, moved=svc.name, peer_instance=peer,
+                               to_instance=move.source)
+        source = move.source
+
+        def serve_from_source(s: Service) -> None:
+            s.instance = source
+
+        self.registry.update_service(svc.name, serve_from_source)
+
+    # --- crash recovery ---
+
+    def reap(self, *, pending_grace_s: float = 30.0) -> list[Reaped]:
+        """Take over moves whose worker vanished; the caller dispatches what is returned."""
+        taken = []
+        for move in self.registry.active_moves():
+            if move.status.terminal or self.registry.lease_alive(move.id):
+                continue
+            if move.status == MoveStatus.PENDING and time.time() - move.created_at < pending_grace_s:
+                continue  # its first task is still queued
+            action = recovery(move)
+            if action == "none":
+                continue
+            try:
+                bumped = self.registry.update_move(
+                    move.id, lambda m: setattr(m, "epoch", m.epoch + 1), epoch=move.epoch)
+            except StaleEpoch:
+                continue  # someone else took it over first
+            phases: tuple[Phase, ...] = ()
+            if action == "forward":
+                last_done = max((Phase(p) for p in bumped.phases_done),
+                                key=lambda p: list(Phase).index(p), default=None)
+                phases = tuple(remaining(last_done))
+            self._event(move.id, "reaped", detail=f"worker lost; {action} at epoch {bumped.epoch}")
+            log.warning("move %s: worker lost, %s at epoch %s", move.id, action, bumped.epoch)
+            taken.append(Reaped(move.id, bumped.epoch, action, phases))
+        return taken
+
+    # --- helpers ---
+
+    @contextlib.contextmanager
+    def lease(self, move_id: str) -> Iterator[None]:
+        """Hold the move's lease while work runs, refreshed from a thread."""
+        token = secrets.token_hex(8)
+        ttl = self.settings.lease_ttl_s
+        self.registry.hold_lease(move_id, token, ttl)
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(ttl / 3):
+                with contextlib.suppress(Exception):
+                    self.registry.hold_lease(move_id, token, ttl)
+
+        t = threading.Thread(target=refresh, name=f"lease-{move_id}", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            # Keep the lease for one more TTL: the next phase's task picks it up from here.
+            with contextlib.suppress(Exception):
+                self.registry.hold_lease(move_id, token, ttl)
+
+    def _event(self, move_id: str, kind: str, *, phase: Phase | None = None,
+               detail: str = "") -> None:
+        self.registry.add_event(
+            Event(move_id=move_id, kind=kind, ts=time.time(),
+                  phase=str(phase) if phase else None, detail=detail),
+            ttl_s=self.settings.event_ttl_s,
+        )
+
+    def _service(self, move: Move) -> Service:
+        svc = self.registry.get_service(move.service)
+        if svc is None:
+            raise PhaseFailed(f"service {move.service} vanished during the move")
+        return svc
+
+    @staticmethod
+    def _target(move: Move) -> Instance:
+        if move.target is None:
+            raise PhaseFailed(f"move {move.id} has no target: ADMIT did not run")
+        return move.target
+
+    def _peers(self, svc: Service) -> list[tuple[Link, Instance]]:
+        """Each of the service's links with the instance at its other end."""
+        out = []
+        for link in self.registry.links_of(svc):
+            peer = self.registry.get_service(link.peer_of(svc.name).service)
+            if peer is None or peer.instance is None:
+                raise PhaseFailed(
+                    f"peer {link.peer_of(svc.name).service} of {svc.name} is not running")
+            out.append((link, peer.instance))
+        return out

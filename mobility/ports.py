@@ -1,0 +1,56 @@
+"""The ports the engine needs. Adapters at the edges implement them.
+
+``NodeAgent`` reaches the agent on one node (Celery queue ``dataplane.<cluster>.<node>`` in
+``workers``); ``Federation`` starts and stops instances (the lab, later KubeFed or Karmada);
+``Wiring`` makes link ends and switches peers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from mobility.models import Instance, Link, Node, Params
+
+
+class NodeAgent(Protocol):
+    def call(self, node: Node, op: str, args: dict[str, Any], *, timeout: float) -> Any:
+        """Run ``op`` on ``node``'s agent and return its result; raises FederationError."""
+        ...
+
+
+class Federation(Protocol):
+    def place(self, *, instance: Instance, workload: str, params: Params, start: bool) -> None:
+        """Create the instance; start its workload now when ``start``. Idempotent."""
+        ...
+
+    def start(self, *, instance: Instance, workload: str, params: Params) -> None:
+        """Start the workload of an instance placed with ``start=False``. Idempotent."""
+        ...
+
+    def wait_ready(self, *, instance: Instance, timeout: float) -> None:
+        """Return once the instance serves; raises FederationError on timeout."""
+        ...
+
+    def unplace(self, *, instance: Instance) -> None:
+        """Remove the instance and everything it holds. Idempotent."""
+        ...
+
+
+class Wiring(Protocol):
+    def create_end(self, *, link: Link, service: str, instance: Instance,
+                   peer_instance: Instance) -> None:
+        """Make ``service``'s end of ``link`` inside ``instance``, pointing at the peer."""
+        ...
+
+    def delete_end(self, *, link: Link, service: str, instance: Instance) -> None:
+        """Remove ``service``'s end of ``link`` from ``instance``. Idempotent."""
+        ...
+
+    def switch(self, *, link: Link, moved: str, peer_instance: Instance,
+               to_instance: Instance) -> None:
+        """On the peer's side of ``link``, send ``moved``'s traffic to ``to_instance``."""
+        ...
+
+    def points_to(self, *, link: Link, moved: str, peer_instance: Instance) -> str | None:
+        """The underlay address the peer sends ``moved``'s traffic to now."""
+        ...

@@ -1,0 +1,53 @@
+"""Settings, grouped, built by a factory (never at import time), secrets never printed."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ENV_FILE = "/run/service-mobility/stack.env"
+DEV_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    """``MOBILITY_*`` environment variables, then the lab stack's env file, then defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="MOBILITY_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    redis_url: SecretStr = SecretStr(DEV_REDIS_URL)
+    backend: Literal["lab"] = "lab"
+    lab_name: str = "smlab"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8470
+    # Fault injection ("fail WIRE on purpose") is for tests and drills; off unless asked for.
+    fault_injection: bool = False
+    lease_ttl_s: float = Field(default=5.0, gt=0)
+    node_call_timeout_s: float = Field(default=20.0, gt=0)
+    ready_timeout_s: float = Field(default=15.0, gt=0)
+    event_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> Settings:
+        if self.environment == "production" and not urlparse(
+            self.redis_url.get_secret_value()
+        ).password:
+            raise ValueError("MOBILITY_REDIS_URL must carry a password in production")
+        return self
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    env_file = os.environ.get("MOBILITY_ENV_FILE", DEFAULT_ENV_FILE)
+    if os.path.exists(env_file):
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    return Settings()

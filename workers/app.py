@@ -1,0 +1,73 @@
+"""The Celery app. Configured when first used (``on_configure``), never at import time.
+
+msgpack for tasks and results (never pickle); ``acks_late`` with ``reject_on_worker_lost`` so a
+task whose worker dies is not lost; prefetch of one so a busy worker does not hoard phases.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, worker_ready
+
+from mobility.logs import configure_logging
+from mobility.settings import get_settings
+from workers.routing import ORCHESTRATION
+
+log = logging.getLogger(__name__)
+
+REAP_EVERY_S = 2.0
+
+
+def configure(app: Celery, url: str) -> None:
+    app.conf.update(
+        broker_url=url,
+        result_backend=url,
+        task_serializer="msgpack",
+        result_serializer="msgpack",
+        accept_content=["msgpack"],
+        result_accept_content=["msgpack"],
+        event_serializer="msgpack",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=ORCHESTRATION,
+        result_expires=3600,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 300},
+        worker_send_task_events=False,
+        beat_schedule={
+            "reap-moves": {"task": "moves.reap", "schedule": REAP_EVERY_S},
+        },
+        include=["workers.moves", "workers.node"],
+    )
+
+
+class MobilityCelery(Celery):  # type: ignore[misc]
+    def on_configure(self) -> None:
+        configure(self, get_settings().redis_url.get_secret_value())
+
+
+def client(url: str) -> Celery:
+    """A separate app bound to ``url``, for tools that send tasks by name (CLI, tests)."""
+    c = Celery("service-mobility-client", set_as_current=False)
+    configure(c, url)
+    return c
+
+
+app = MobilityCelery("service-mobility")
+
+
+@setup_logging.connect  # type: ignore[untyped-decorator]
+def _logging(**_: Any) -> None:
+    configure_logging()
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _reap_on_start(sender: Any = None, **_: Any) -> None:
+    """A restarted orchestration worker first looks for moves its predecessor left behind."""
+    queues = {q.name for q in sender.app.amqp.queues.values()} if sender is not None else set()
+    if ORCHESTRATION in queues:
+        sender.app.send_task("moves.reap", queue=ORCHESTRATION)
