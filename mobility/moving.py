@@ -26,8 +26,11 @@ from mobility.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Phases may be asked to fail on purpose when fault injection is on (tests and drills).
-INJECTABLE = frozenset(str(p) for p in Phase)
+# Faults a move may carry when fault injection is on (tests and drills): "<phase>" fails that
+# phase after its work is done; "pause:<phase>" holds the phase (and its lease) for PAUSE_S,
+# long enough to kill a worker in the middle of it.
+INJECTABLE = frozenset([str(p) for p in Phase] + [f"pause:{p}" for p in Phase])
+PAUSE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class Engine:
         t0 = time.perf_counter()
         with self.lease(move_id):
             getattr(self, f"_{phase}")(move, epoch)
+            if f"pause:{phase}" in move.faults:
+                time.sleep(PAUSE_S)
             if str(phase) in move.faults:
                 raise InjectedFault(f"fault injected in {phase}")
         ms = round((time.perf_counter() - t0) * 1000, 1)

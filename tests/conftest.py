@@ -79,3 +79,36 @@ def redis_server() -> Iterator[RedisServer]:
         server = RedisServer(Path(tmp))
         yield server
         server.stop()
+
+
+TEST_UNDERLAY = "198.19.0.0/16"  # the demo lab keeps 198.18.0.0/16, so both can be up at once
+
+
+@pytest.fixture(scope="session")
+def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A whole lab with its control plane: Redis, node agents, orchestrator, beat and API.
+
+    Real processes on real namespaces, under a unique lab name; torn down at the end, and the
+    teardown checks that no namespace, host link or process of the lab is left.
+    """
+    require_root()
+    from dataplane.lab import topology
+    from mobility.cli.stack import Stack
+
+    name = unique_prefix("smt")
+    plan = topology.plan(topology.load_config(name=name, underlay=TEST_UNDERLAY))
+    env_file = tmp_path_factory.mktemp("stack") / "stack.env"
+    stack = Stack(plan=plan, redis_port=free_port(), api_port=free_port(), fault_injection=True,
+                  env_file=str(env_file))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        from mobility.cli.stack import reap_children
+
+        topology.down(name)
+        reap_children()
+        left = topology.namespaces_left(name)
+        assert left == [], f"lab namespaces left behind: {left}"
+        with open("/proc/net/dev") as fh:
+            assert f"{name}-h0" not in fh.read(), "the lab's host link was left behind"

@@ -26,7 +26,7 @@ from typing import Any
 
 from dataplane import links, netlink
 from dataplane.errors import DataplaneError
-from dataplane.lab.topology import LabPlan, NodePlan, _running
+from dataplane.lab.topology import LabPlan, NodePlan, is_running
 from dataplane.netlink import Netlink
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class NodeRuntime:
         meta = self._meta(pod)
         if meta is None:
             raise DataplaneError(f"pod {pod} does not exist on {self.node.queue_id}")
-        if meta.get("pid") and _running(int(meta["pid"])):
+        if meta.get("pid") and is_running(int(meta["pid"])):
             return int(meta["pid"])
         d = self.pod_dir(pod)
         (d / "ready").unlink(missing_ok=True)
@@ -140,7 +140,7 @@ class NodeRuntime:
         ready = self.pod_dir(pod) / "ready"
         deadline = time.monotonic() + timeout
         while True:
-            if not _running(int(meta["pid"])):
+            if not is_running(int(meta["pid"])):
                 tail = (self.pod_dir(pod) / "workload.log").read_text()[-500:]
                 raise DataplaneError(f"pod {pod}: workload exited: {tail}")
             if ready.exists():
@@ -157,10 +157,10 @@ class NodeRuntime:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and any(_running(p) for p in pids):
+        while time.monotonic() < deadline and any(is_running(p) for p in pids):
             time.sleep(0.01)
         for pid in pids:
-            if _running(pid):
+            if is_running(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         for pid in pids:

@@ -265,7 +265,7 @@ def down(name: str) -> DownReport:
     report.processes.extend(stop_recorded_processes(run_dir / "pids"))
     spaces = netlink.namespaces(f"{name}-")
     victims = {pid for ns in spaces for pid in netlink.namespace_pids(ns)}
-    report.processes.extend(_terminate(sorted(victims)))
+    report.processes.extend(terminate(sorted(victims)))
     for ns in spaces:
         netlink.delete_namespace(ns)
         report.namespaces.append(ns)
@@ -277,7 +277,7 @@ def down(name: str) -> DownReport:
     return report
 
 
-def _terminate(pids: list[int], *, grace: float = 3.0) -> list[int]:
+def terminate(pids: list[int], *, grace: float = 3.0) -> list[int]:
     """SIGTERM, then SIGKILL what is still there after ``grace`` seconds."""
     alive = []
     for pid in pids:
@@ -288,7 +288,7 @@ def _terminate(pids: list[int], *, grace: float = 3.0) -> list[int]:
             pass
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if _running(pid)]
+        alive = [pid for pid in alive if is_running(pid)]
         time.sleep(0.05)
     for pid in alive:
         try:
@@ -298,7 +298,7 @@ def _terminate(pids: list[int], *, grace: float = 3.0) -> list[int]:
     return pids
 
 
-def _running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             state = fh.read().rsplit(")", 1)[1].split()[0]
@@ -330,7 +330,7 @@ def recorded_pid(run_dir: Path, role: str) -> int | None:
     except (FileNotFoundError, ValueError):
         return None
     pid = int(rec["pid"])
-    if process_start_time(pid) == rec["start"] and _running(pid):
+    if process_start_time(pid) == rec["start"] and is_running(pid):
         return pid
     return None
 
@@ -343,7 +343,7 @@ def stop_recorded_processes(pid_dir: Path) -> list[int]:
             if pid is not None:
                 pids.append(pid)
             path.unlink(missing_ok=True)
-    return _terminate(pids)
+    return terminate(pids)
 
 
 def status(name: str) -> dict[str, Any]:

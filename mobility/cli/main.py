@@ -17,7 +17,7 @@ from dataplane.lab import topology
 from mobility.cli import demo as demo_mod
 from mobility.cli.stack import Stack, StackError
 from mobility.logs import configure_logging
-from mobility.settings import get_settings
+from mobility.settings import DEFAULT_ENV_FILE, get_settings
 
 app = typer.Typer(help="Move running services between clusters.", no_args_is_help=True,
                   add_completion=False)
@@ -41,7 +41,8 @@ def _plan(config: str | None) -> topology.LabPlan:
 
 def _stack(plan: topology.LabPlan) -> Stack:
     return Stack(plan=plan, redis_port=int(os.environ.get("MOBILITY_STACK_REDIS_PORT", "6391")),
-                 api_port=get_settings().api_port)
+                 api_port=get_settings().api_port,
+                 env_file=os.environ.get("MOBILITY_ENV_FILE", DEFAULT_ENV_FILE))
 
 
 def _need_root() -> None:
@@ -69,10 +70,11 @@ def lab_down(as_json: JsonOpt = False) -> None:
     _need_root()
     name = get_settings().lab_name
     report = topology.down(name)
-    if os.path.exists("/run/service-mobility/stack.env"):
-        with open("/run/service-mobility/stack.env") as fh:
+    env_file = os.environ.get("MOBILITY_ENV_FILE", DEFAULT_ENV_FILE)
+    if os.path.isfile(env_file):
+        with open(env_file) as fh:
             if f"MOBILITY_LAB_NAME={name}\n" in fh.read():
-                os.unlink("/run/service-mobility/stack.env")
+                os.unlink(env_file)
     left = topology.namespaces_left(name)
     result = {"lab": name, "namespaces_removed": report.namespaces,
               "links_removed": report.links, "processes_ended": len(report.processes),

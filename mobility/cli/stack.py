@@ -34,6 +34,11 @@ from workers.app import client
 log = logging.getLogger(__name__)
 
 
+# The Popen objects of the processes this process started: kept so they are neither reported
+# as leaked while still running nor left as zombies once they end.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 class StackError(RuntimeError):
     """A control-plane process could not be started; the message says what to do."""
 
@@ -71,7 +76,7 @@ class Stack:
     redis_port: int = 6391
     api_port: int = 8470
     fault_injection: bool = False
-    write_env_file: bool = True
+    env_file: str | None = DEFAULT_ENV_FILE  # where `mobility` finds this stack; None: nowhere
 
     @property
     def run_dir(self) -> Path:
@@ -120,6 +125,7 @@ class Stack:
             proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     cwd=str(self.run_dir))
+        _CHILDREN[proc.pid] = proc
         topology.record_process(self.run_dir, role, proc.pid)
         log.info("started %s as pid %s", role, proc.pid)
         return proc.pid
@@ -156,8 +162,8 @@ class Stack:
         _wait("redis", pong, 15, self.logs / "redis.log")
         # Redis was perhaps started before the lab's host link existed: listen there too now.
         client.config_set("bind", f"127.0.0.1 -{self.plan.host_ip}")
-        if self.write_env_file:
-            path = Path(DEFAULT_ENV_FILE)
+        if self.env_file:
+            path = Path(self.env_file)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch(mode=0o600)
             path.write_text(f"MOBILITY_REDIS_URL={self.redis_url()}\n"
@@ -243,5 +249,13 @@ class Stack:
     def stop_process(self, role: str) -> None:
         pid = topology.recorded_pid(self.run_dir, role)
         if pid is not None:
-            topology._terminate([pid])
+            topology.terminate([pid])
         (self.run_dir / "pids" / f"{role}.json").unlink(missing_ok=True)
+        reap_children()
+
+
+def reap_children() -> None:
+    """Collect the exit status of every child that has ended."""
+    for pid, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            del _CHILDREN[pid]
