@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 
 from mobility import planning, workloads
 from mobility.errors import Conflict, FederationError, Invalid, NotFound
@@ -35,6 +36,22 @@ def link_identity(block: int) -> tuple[tuple[str, str], tuple[str, str]]:
         (f"{mac}:01", str(ipaddress.IPv4Address(base + 1))),
         (f"{mac}:02", str(ipaddress.IPv4Address(base + 2))),
     )
+
+
+def _add_link(link_id: str) -> Callable[[Service], None]:
+    def add(s: Service) -> None:
+        if link_id not in s.links:
+            s.links.append(link_id)
+
+    return add
+
+
+def _drop_link(link_id: str) -> Callable[[Service], None]:
+    def drop(s: Service) -> None:
+        if link_id in s.links:
+            s.links.remove(link_id)
+
+    return drop
 
 
 class Deployer:
@@ -110,7 +127,7 @@ class Deployer:
                                        peer_instance=peer.instance)
                 self.wiring.create_end(link=link, service=peer.name, instance=peer.instance,
                                        peer_instance=instance)
-                self.registry.update_service(peer.name, lambda s, lid=link.id: s.links.append(lid))
+                self.registry.update_service(peer.name, _add_link(link.id))
             self.federation.start(instance=instance, workload=workload, params=svc.params)
             self.federation.wait_ready(instance=instance, timeout=self.settings.ready_timeout_s)
         except Exception:
@@ -130,8 +147,7 @@ class Deployer:
                     self.wiring.delete_end(link=link, service=peer.name, instance=peer.instance)
             except FederationError as exc:
                 log.error("could not remove %s's end of %s: %s", peer.name, link.id, exc)
-            self.registry.update_service(
-                peer.name, lambda s, lid=link.id: s.links.remove(lid) if lid in s.links else None)
+            self.registry.update_service(peer.name, _drop_link(link.id))
             self.registry.delete_link(link.id)
         try:
             self.federation.unplace(instance=instance)
@@ -154,8 +170,6 @@ class Deployer:
             if peer is not None:
                 if peer.instance is not None:
                     self.wiring.delete_end(link=link, service=peer.name, instance=peer.instance)
-                self.registry.update_service(
-                    peer.name,
-                    lambda s, lid=link.id: s.links.remove(lid) if lid in s.links else None)
+                self.registry.update_service(peer.name, _drop_link(link.id))
             self.registry.delete_link(link.id)
         self.registry.delete_service(name)

@@ -270,7 +270,8 @@ class Engine:
         for move in self.registry.active_moves():
             if move.status.terminal or self.registry.lease_alive(move.id):
                 continue
-            if move.status == MoveStatus.PENDING and time.time() - move.created_at < pending_grace_s:
+            age = time.time() - move.created_at
+            if move.status == MoveStatus.PENDING and age < pending_grace_s:
                 continue  # its first task is still queued
             action = recovery(move)
             if action == "none":

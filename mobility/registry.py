@@ -84,7 +84,7 @@ class Registry:
         with self.r.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
                     raw = pipe.get(key)
                     if raw is None:
                         raise NotFound(f"{key} does not exist")
@@ -180,13 +180,13 @@ class Registry:
 
     def next_vni(self) -> int:
         """VNIs are never reused, so a stale device can never capture a new link's traffic."""
-        return 1000 + int(cast(int, self.r.incr(keys.VNI_SEQ)))
+        return 1000 + int(self.r.incr(keys.VNI_SEQ))
 
     def next_link_block(self) -> int:
-        return int(cast(int, self.r.incr(keys.LINK_BLOCK_SEQ)))
+        return int(self.r.incr(keys.LINK_BLOCK_SEQ))
 
     def next_pod_index(self) -> int:
-        return int(cast(int, self.r.incr(keys.POD_SEQ)))
+        return int(self.r.incr(keys.POD_SEQ))
 
     # --- moves ---
 

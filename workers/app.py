@@ -60,12 +60,12 @@ def client(url: str) -> Celery:
 app = MobilityCelery("service-mobility")
 
 
-@setup_logging.connect  # type: ignore[untyped-decorator]
+@setup_logging.connect
 def _logging(**_: Any) -> None:
     configure_logging()
 
 
-@worker_ready.connect  # type: ignore[untyped-decorator]
+@worker_ready.connect
 def _reap_on_start(sender: Any = None, **_: Any) -> None:
     """A restarted orchestration worker first looks for moves its predecessor left behind."""
     queues = {q.name for q in sender.app.amqp.queues.values()} if sender is not None else set()

@@ -16,6 +16,7 @@ Teardown works from names alone (every namespace starting with ``<name>-``, the 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -291,10 +292,8 @@ def terminate(pids: list[int], *, grace: float = 3.0) -> list[int]:
         alive = [pid for pid in alive if is_running(pid)]
         time.sleep(0.05)
     for pid in alive:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return pids
 
 

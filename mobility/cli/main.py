@@ -159,7 +159,11 @@ def demo(
     _need_root()
     plan = _plan(config)
     stack = _stack(plan)
-    say = (lambda _m: None) if as_json else (lambda m: err.print(f"[dim]{m}[/]"))
+
+    def say(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
     try:
         stack.up(progress=lambda what: say(f"starting {what}"))
         started = time.monotonic()

@@ -5,6 +5,9 @@ Aspects: every namespace carries a unique test prefix; cleanup tolerates ENODEV 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -20,12 +23,7 @@ def prefix() -> Iterator[str]:
     yield value
     for name in netlink.namespaces(value):
         for pid in netlink.namespace_pids(name):
-            import os
-            import signal
-
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         netlink.delete_namespace(name)
     assert netlink.namespaces(value) == []

@@ -68,7 +68,7 @@ def wait_file(path: Path, timeout: float = 10.0) -> None:
 
 def test_link_end_has_identity_and_computed_mtu(prefix: str) -> None:
     nodes = build_underlay(prefix, 2)
-    (n1, ip1), (n2, ip2) = nodes.items()
+    (n1, ip1), (_n2, ip2) = nodes.items()
     peer = links.Peer(mac=SERVICE_MAC, ip=SERVICE_IP, node_ip=ip2)
     mtu = make_end(prefix, f"{prefix}-c", n1, ip1, mac=CLIENT_MAC, ip=CLIENT_IP, peer=peer)
     assert mtu == 1450

@@ -91,9 +91,9 @@ def wait_event(api: httpx.Client, move_id: str, kind: str, phase: str, timeout: 
         for line in resp.iter_lines():
             if line.startswith("event: "):
                 event = line[7:]
-            elif line.startswith("data: ") and event == kind:
-                if json.loads(line[6:]).get("phase") == phase:
-                    return
+            elif (line.startswith("data: ") and event == kind
+                  and json.loads(line[6:]).get("phase") == phase):
+                return
     raise AssertionError(f"no {kind} event for {phase}")
 
 

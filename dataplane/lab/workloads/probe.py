@@ -13,6 +13,7 @@ never answered as lost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -59,10 +60,9 @@ class Probe:
             if now < next_at:
                 time.sleep(min(next_at - now, 0.01))
                 continue
-            try:
+            # an unreachable target counts as lost, not as a crash
+            with contextlib.suppress(OSError):
                 self.sock.sendto(PACKET.pack(self.sent, time.monotonic()), self.target)
-            except OSError:
-                pass  # an unreachable target counts as lost, not as a crash
             self.sent += 1
             next_at += self.interval
 

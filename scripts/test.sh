@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up, check style, types and layering, then run the whole test suite (needs root: the
+# data-plane and integration tests make network namespaces). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "== ruff" && .venv/bin/ruff check .
+echo "== mypy --strict" && .venv/bin/mypy
+echo "== import-linter" && .venv/bin/lint-imports
+echo "== pytest"
+exec .venv/bin/pytest "$@"
