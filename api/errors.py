@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from mobility.errors import (
@@ -40,6 +41,14 @@ class ApiError(MobilityError):
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 listing where and what; the input is left out (it may not even be valid JSON,
+        such as NaN, and echoing it back helps nobody)."""
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
     @app.exception_handler(MobilityError)
     async def _mobility(request: Request, exc: MobilityError) -> JSONResponse:
         status = exc.status if isinstance(exc, ApiError) else status_of(exc)

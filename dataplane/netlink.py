@@ -67,9 +67,11 @@ def _mapped(what: str) -> Iterator[None]:
 
 
 def check_ifname(name: str) -> str:
-    """Refuse names the kernel would refuse, with a message that says why."""
-    if not name or len(name) > IFNAMSIZ or "/" in name or " " in name:
-        raise DataplaneError(f"invalid interface name {name!r}: 1 to {IFNAMSIZ} characters")
+    """Refuse names the kernel would refuse (dev_valid_name), with a message that says why."""
+    if (not name or len(name.encode()) > IFNAMSIZ or name in (".", "..")
+            or any(ch in name for ch in "/:") or any(ch.isspace() for ch in name)):
+        raise DataplaneError(f"invalid interface name {name!r}: 1 to {IFNAMSIZ} bytes, no '/', "
+                             "':' or white space, not '.' or '..'")
     return name
 
 

@@ -64,7 +64,7 @@ class Deployer:
 
     def deploy(self, *, name: str, workload: str, params: Params, cluster: str,
                peers: list[str]) -> Service:
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise Invalid(f"service name {name!r}: lowercase letters, digits and '-', "
                           "starting with a letter, at most 23 characters")
         params = workloads.check(workload, params)

@@ -17,7 +17,8 @@ DEV_REDIS_URL = "redis://127.0.0.1:6379/0"
 class Settings(BaseSettings):
     """``MOBILITY_*`` environment variables, then the lab stack's env file, then defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="MOBILITY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MOBILITY_", extra="ignore",
+                                      hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = "development"
     redis_url: SecretStr = SecretStr(DEV_REDIS_URL)
@@ -34,9 +35,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Settings:
-        if self.environment == "production" and not urlparse(
-            self.redis_url.get_secret_value()
-        ).password:
+        url = urlparse(self.redis_url.get_secret_value())
+        if self.environment == "production" and not (url.password or "password=" in url.query):
             raise ValueError("MOBILITY_REDIS_URL must carry a password in production")
         return self
 

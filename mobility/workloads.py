@@ -6,6 +6,8 @@ checked parameters into a command line it knows.
 
 from __future__ import annotations
 
+import math
+
 from mobility.errors import Invalid
 from mobility.models import Params
 
@@ -33,6 +35,8 @@ def check(workload: str, params: Params) -> Params:
         kind, lo, hi = spec[key]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Invalid(f"parameter {key!r} must be a number")
+        if not math.isfinite(value):
+            raise Invalid(f"parameter {key!r} must be a finite number")
         if kind is int and float(value) != int(value):
             raise Invalid(f"parameter {key!r} must be a whole number")
         if not lo <= value <= hi:

@@ -41,6 +41,10 @@ RUN_ROOT = Path(os.environ.get("MOBILITY_RUN_ROOT", "/run/service-mobility"))
 LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,9}$")
 CLUSTER_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+# Pod networks take the /24s from 128 + 16 * cluster + node (node 1..15): seven clusters keep
+# them at or below the 239th /24, clear of the host link in the last one.
+MAX_CLUSTERS = 7
+MAX_NODES = 15
 
 
 @dataclass(frozen=True)
@@ -138,14 +142,26 @@ def load_config(path: str | Path | None = None, *, name: str | None = None,
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise LabConfigError(f"lab config {path or 'default'}: {exc}") from exc
-    clusters = tuple(ClusterConfig(**c) for c in raw.get("clusters", []))
+    known = {"name", "nodes", "underlay_mtu"}
+    for c in raw.get("clusters", []):
+        unknown = sorted(set(c) - known)
+        if unknown:
+            raise LabConfigError(f"lab config {path or 'default'}: cluster keys {unknown} are "
+                                 f"unknown; a cluster takes {sorted(known)}")
+    unknown_top = sorted(set(raw) - {"name", "underlay", "clusters"})
+    if unknown_top:
+        raise LabConfigError(f"lab config {path or 'default'}: unknown keys {unknown_top}")
+    try:
+        clusters = tuple(ClusterConfig(**c) for c in raw.get("clusters", []))
+    except TypeError as exc:
+        raise LabConfigError(f"lab config {path or 'default'}: {exc}") from exc
     return LabConfig(name=name or raw.get("name", "smlab"),
                      underlay=underlay or raw.get("underlay", "198.18.0.0/16"), clusters=clusters)
 
 
 def plan(config: LabConfig) -> LabPlan:
     """Addresses and names for every lab object; pure, so it can be checked without root."""
-    if not NAME_RE.match(config.name):
+    if not NAME_RE.fullmatch(config.name):
         raise LabConfigError(f"lab name {config.name!r}: 2-10 lowercase letters or digits")
     try:
         net = ipaddress.IPv4Network(config.underlay)
@@ -153,8 +169,8 @@ def plan(config: LabConfig) -> LabPlan:
         raise LabConfigError(f"underlay {config.underlay!r}: {exc}") from exc
     if net.prefixlen != 16 or not net.subnet_of(LAB_RANGE):
         raise LabConfigError(f"underlay {config.underlay}: must be a /16 inside {LAB_RANGE}")
-    if not 1 <= len(config.clusters) <= 16:
-        raise LabConfigError("a lab needs 1 to 16 clusters")
+    if not 1 <= len(config.clusters) <= MAX_CLUSTERS:
+        raise LabConfigError(f"a lab needs 1 to {MAX_CLUSTERS} clusters")
     if len({c.name for c in config.clusters}) != len(config.clusters):
         raise LabConfigError("cluster names must be unique")
     base = int(net.network_address)
@@ -164,10 +180,10 @@ def plan(config: LabConfig) -> LabPlan:
 
     clusters, nodes = [], []
     for i, c in enumerate(config.clusters):
-        if not CLUSTER_RE.match(c.name):
+        if not CLUSTER_RE.fullmatch(c.name):
             raise LabConfigError(f"cluster name {c.name!r}: 1-8 lowercase letters or digits")
-        if not 1 <= c.nodes <= 15:
-            raise LabConfigError(f"cluster {c.name}: 1 to 15 nodes")
+        if not 1 <= c.nodes <= MAX_NODES:
+            raise LabConfigError(f"cluster {c.name}: 1 to {MAX_NODES} nodes")
         if not 1280 <= c.underlay_mtu <= 9000:
             raise LabConfigError(f"cluster {c.name}: underlay_mtu must be 1280..9000")
         subnet = (i + 1) * 256
@@ -259,7 +275,7 @@ def down(name: str) -> DownReport:
     those recorded in the lab's pid files (checked against their start time, so a reused PID
     is never hit) and those living inside the lab's own namespaces.
     """
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise LabConfigError(f"lab name {name!r}: 2-10 lowercase letters or digits")
     report = DownReport()
     run_dir = RUN_ROOT / name

@@ -32,28 +32,49 @@ def packed(d: dict[str, object]) -> dict[str, object]:
 
 CLUSTER = Cluster(
     name="core",
-    nodes=(Node(name="n1", cluster="core", underlay_ip="198.18.1.11", namespace="smlab-core-n1"),
-           Node(name="n2", cluster="core", underlay_ip="198.18.1.12")),
+    nodes=(
+        Node(name="n1", cluster="core", underlay_ip="198.18.1.11", namespace="smlab-core-n1"),
+        Node(name="n2", cluster="core", underlay_ip="198.18.1.12"),
+    ),
     underlay_mtu=9000,
     labels=(("region", "eu"), ("tier", "gold")),
 )
-LINK = Link(id="probe.web", vni=4242, ends=(
-    LinkEnd(service="probe", ifname="nsm-1", mac="02:6d:00:00:01:01", ip="169.254.1.1"),
-    LinkEnd(service="web", ifname="nsm-2", mac="02:6d:00:00:01:02", ip="169.254.1.2",
-            prefixlen=29),
-))
+LINK = Link(
+    id="probe.web",
+    vni=4242,
+    ends=(
+        LinkEnd(service="probe", ifname="nsm-1", mac="02:6d:00:00:01:01", ip="169.254.1.1"),
+        LinkEnd(
+            service="web", ifname="nsm-2", mac="02:6d:00:00:01:02", ip="169.254.1.2", prefixlen=29
+        ),
+    ),
+)
 SRC = Instance(cluster="core", node="n1", pod="web-1")
 DST = Instance(cluster="edge", node="n2", pod="web-2")
 
 
 def full_move() -> Move:
     return Move(
-        id="m-1", service="web", from_cluster="core", to_cluster="edge",
-        status=MoveStatus.ROLLING_BACK, phase=Phase.SYNC, epoch=3, created_at=100.0,
-        finished_at=101.5, source=SRC, target=DST, phases_started=["admit", "place", "wire"],
-        phases_done=["admit", "place"], phase_ms={"admit": 1.5, "place": 20.25},
-        cutover_confirmed=False, abort_requested=True, faults=["sync"], error="sync failed",
-        origin="cli", strategy="stateful",
+        id="m-1",
+        service="web",
+        from_cluster="core",
+        to_cluster="edge",
+        status=MoveStatus.ROLLING_BACK,
+        phase=Phase.SYNC,
+        epoch=3,
+        created_at=100.0,
+        finished_at=101.5,
+        source=SRC,
+        target=DST,
+        phases_started=["admit", "place", "wire"],
+        phases_done=["admit", "place"],
+        phase_ms={"admit": 1.5, "place": 20.25},
+        cutover_confirmed=False,
+        abort_requested=True,
+        faults=["sync"],
+        error="sync failed",
+        origin="cli",
+        strategy="stateful",
     )
 
 
@@ -68,8 +89,12 @@ def test_cluster_round_trip() -> None:
 def test_cluster_to_dict_shape() -> None:
     d = CLUSTER.to_dict()
     assert d["labels"] == {"region": "eu", "tier": "gold"}
-    assert d["nodes"][0] == {"name": "n1", "cluster": "core", "underlay_ip": "198.18.1.11",
-                             "namespace": "smlab-core-n1"}
+    assert d["nodes"][0] == {
+        "name": "n1",
+        "cluster": "core",
+        "underlay_ip": "198.18.1.11",
+        "namespace": "smlab-core-n1",
+    }
 
 
 def test_cluster_from_dict_defaults() -> None:
@@ -87,9 +112,14 @@ def test_cluster_node_lookup() -> None:
 
 
 def test_service_round_trip_running() -> None:
-    svc = Service(name="web", workload="probe",
-                  params={"port": 7000, "rate": 2.5, "target": "169.254.1.2:7000"},
-                  instance=SRC, links=["probe.web"], moving="m-1")
+    svc = Service(
+        name="web",
+        workload="probe",
+        params={"port": 7000, "rate": 2.5, "target": "169.254.1.2:7000"},
+        instance=SRC,
+        links=["probe.web"],
+        moving="m-1",
+    )
     back = Service.from_dict(svc.to_dict())
     assert back == svc
     assert isinstance(back.instance, Instance)
@@ -189,14 +219,27 @@ def test_total_ms() -> None:
 
 
 def test_total_ms_rounds_to_a_tenth() -> None:
-    m = Move(id="m", service="web", from_cluster="core", to_cluster="edge", created_at=1.0,
-             finished_at=1.00123)
+    m = Move(
+        id="m",
+        service="web",
+        from_cluster="core",
+        to_cluster="edge",
+        created_at=1.0,
+        finished_at=1.00123,
+    )
     assert m.total_ms == 1.2
 
 
-@pytest.mark.parametrize(("status", "terminal"), [
-    (MoveStatus.PENDING, False), (MoveStatus.RUNNING, False), (MoveStatus.ROLLING_BACK, False),
-    (MoveStatus.SUCCEEDED, True), (MoveStatus.FAILED, True), (MoveStatus.ROLLED_BACK, True),
-])
+@pytest.mark.parametrize(
+    ("status", "terminal"),
+    [
+        (MoveStatus.PENDING, False),
+        (MoveStatus.RUNNING, False),
+        (MoveStatus.ROLLING_BACK, False),
+        (MoveStatus.SUCCEEDED, True),
+        (MoveStatus.FAILED, True),
+        (MoveStatus.ROLLED_BACK, True),
+    ],
+)
 def test_terminal_statuses(status: MoveStatus, terminal: bool) -> None:
     assert status.terminal is terminal

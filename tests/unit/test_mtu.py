@@ -26,8 +26,9 @@ def test_smallest_usable_underlay() -> None:
     assert vxlan_mtu(138, ipv6_underlay=True) == 68
 
 
-@pytest.mark.parametrize(("underlay", "ipv6"), [(117, False), (137, True), (0, False),
-                                                (-1500, False)])
+@pytest.mark.parametrize(
+    ("underlay", "ipv6"), [(117, False), (137, True), (0, False), (-1500, False)]
+)
 def test_too_small_underlay_raises(underlay: int, ipv6: bool) -> None:
     with pytest.raises(ValueError, match="< 68"):
         vxlan_mtu(underlay, ipv6_underlay=ipv6)

@@ -28,9 +28,13 @@ from mobility.phases import (
 
 S = MoveStatus
 EXPECTED_ALLOWED = {
-    (S.PENDING, S.RUNNING), (S.PENDING, S.ROLLING_BACK),
-    (S.RUNNING, S.SUCCEEDED), (S.RUNNING, S.ROLLING_BACK), (S.RUNNING, S.FAILED),
-    (S.ROLLING_BACK, S.ROLLED_BACK), (S.ROLLING_BACK, S.FAILED),
+    (S.PENDING, S.RUNNING),
+    (S.PENDING, S.ROLLING_BACK),
+    (S.RUNNING, S.SUCCEEDED),
+    (S.RUNNING, S.ROLLING_BACK),
+    (S.RUNNING, S.FAILED),
+    (S.ROLLING_BACK, S.ROLLED_BACK),
+    (S.ROLLING_BACK, S.FAILED),
 }
 
 
@@ -39,8 +43,7 @@ def move(**kw: Any) -> Move:
 
 
 def test_order_is_the_documented_saga() -> None:
-    assert ORDER == (Phase.ADMIT, Phase.PLACE, Phase.WIRE, Phase.SYNC, Phase.CUTOVER,
-                     Phase.RELEASE)
+    assert ORDER == (Phase.ADMIT, Phase.PLACE, Phase.WIRE, Phase.SYNC, Phase.CUTOVER, Phase.RELEASE)
     assert set(ORDER) == set(Phase)
 
 
@@ -67,8 +70,11 @@ def test_staying_in_the_same_status_is_allowed(status: MoveStatus) -> None:
 
 @pytest.mark.parametrize(
     ("current", "new"),
-    [(a, b) for a, b in itertools.product(MoveStatus, repeat=2)
-     if a != b and (a, b) not in EXPECTED_ALLOWED],
+    [
+        (a, b)
+        for a, b in itertools.product(MoveStatus, repeat=2)
+        if a != b and (a, b) not in EXPECTED_ALLOWED
+    ],
 )
 def test_other_transitions_are_refused(current: MoveStatus, new: MoveStatus) -> None:
     with pytest.raises(TransitionError) as info:
@@ -104,8 +110,13 @@ def test_next_phase_walks_the_whole_order_once() -> None:
 
 def test_remaining() -> None:
     assert remaining(None) == list(ORDER)
-    assert remaining(Phase.ADMIT) == [Phase.PLACE, Phase.WIRE, Phase.SYNC, Phase.CUTOVER,
-                                      Phase.RELEASE]
+    assert remaining(Phase.ADMIT) == [
+        Phase.PLACE,
+        Phase.WIRE,
+        Phase.SYNC,
+        Phase.CUTOVER,
+        Phase.RELEASE,
+    ]
     assert remaining(Phase.CUTOVER) == [Phase.RELEASE]
     assert remaining(Phase.RELEASE) == []
 
@@ -128,8 +139,7 @@ def test_compensation_plan_follows_order_not_list_order() -> None:
 
 def test_compensation_plan_skips_release() -> None:
     m = move(phases_started=[str(p) for p in ORDER])
-    assert compensation_plan(m) == [Phase.CUTOVER, Phase.SYNC, Phase.WIRE, Phase.PLACE,
-                                    Phase.ADMIT]
+    assert compensation_plan(m) == [Phase.CUTOVER, Phase.SYNC, Phase.WIRE, Phase.PLACE, Phase.ADMIT]
 
 
 def test_compensation_plan_counts_started_not_done() -> None:
@@ -151,15 +161,17 @@ def test_may_roll_back_until_cutover_confirmed() -> None:
     assert may_roll_back(move(status=MoveStatus.RUNNING, cutover_confirmed=True)) is False
 
 
-@pytest.mark.parametrize("status", [MoveStatus.PENDING, MoveStatus.RUNNING,
-                                    MoveStatus.ROLLING_BACK])
+@pytest.mark.parametrize(
+    "status", [MoveStatus.PENDING, MoveStatus.RUNNING, MoveStatus.ROLLING_BACK]
+)
 def test_recovery_of_a_live_move(status: MoveStatus) -> None:
     assert recovery(move(status=status, cutover_confirmed=True)) == "forward"
     assert recovery(move(status=status, cutover_confirmed=False)) == "rollback"
 
 
-@pytest.mark.parametrize("status", [MoveStatus.SUCCEEDED, MoveStatus.FAILED,
-                                    MoveStatus.ROLLED_BACK])
+@pytest.mark.parametrize(
+    "status", [MoveStatus.SUCCEEDED, MoveStatus.FAILED, MoveStatus.ROLLED_BACK]
+)
 @pytest.mark.parametrize("confirmed", [True, False])
 def test_recovery_of_an_ended_move_is_none(status: MoveStatus, confirmed: bool) -> None:
     assert recovery(move(status=status, cutover_confirmed=confirmed)) == "none"

@@ -19,9 +19,13 @@ from mobility.planning import choose_node, node_load, peer_nodes, validate_move
 
 
 def cluster(name: str, *nodes: str) -> Cluster:
-    return Cluster(name=name, nodes=tuple(
-        Node(name=n, cluster=name, underlay_ip=f"198.18.1.{10 + i}") for i, n in enumerate(nodes)
-    ))
+    return Cluster(
+        name=name,
+        nodes=tuple(
+            Node(name=n, cluster=name, underlay_ip=f"198.18.1.{10 + i}")
+            for i, n in enumerate(nodes)
+        ),
+    )
 
 
 CLUSTERS = {"core": cluster("core", "n1", "n2"), "edge": cluster("edge", "n1", "n2", "n3")}
@@ -36,10 +40,14 @@ def running(name: str, where: str | None, *, moving: str | None = None) -> Servi
 
 
 def link(a: str, b: str) -> Link:
-    return Link(id=f"{a}.{b}", vni=100, ends=(
-        LinkEnd(service=a, ifname="nsm-1", mac="02:6d:00:00:01:01", ip="169.254.1.1"),
-        LinkEnd(service=b, ifname="nsm-1", mac="02:6d:00:00:01:02", ip="169.254.1.2"),
-    ))
+    return Link(
+        id=f"{a}.{b}",
+        vni=100,
+        ends=(
+            LinkEnd(service=a, ifname="nsm-1", mac="02:6d:00:00:01:01", ip="169.254.1.1"),
+            LinkEnd(service=b, ifname="nsm-1", mac="02:6d:00:00:01:02", ip="169.254.1.2"),
+        ),
+    )
 
 
 # --- validate_move ---
@@ -47,8 +55,9 @@ def link(a: str, b: str) -> Link:
 
 def test_valid_move_returns_the_service() -> None:
     svc = running("web", "core/n1")
-    assert validate_move(service=svc, service_name="web", to_cluster="edge",
-                         clusters=CLUSTERS) is svc
+    assert (
+        validate_move(service=svc, service_name="web", to_cluster="edge", clusters=CLUSTERS) is svc
+    )
 
 
 def test_missing_service_is_not_found() -> None:
@@ -58,8 +67,12 @@ def test_missing_service_is_not_found() -> None:
 
 def test_missing_cluster_is_not_found_and_names_known_clusters() -> None:
     with pytest.raises(NotFound) as info:
-        validate_move(service=running("web", "core/n1"), service_name="web",
-                      to_cluster="mars", clusters=CLUSTERS)
+        validate_move(
+            service=running("web", "core/n1"),
+            service_name="web",
+            to_cluster="mars",
+            clusters=CLUSTERS,
+        )
     msg = str(info.value)
     assert "'mars'" in msg
     assert "core, edge" in msg
@@ -67,26 +80,36 @@ def test_missing_cluster_is_not_found_and_names_known_clusters() -> None:
 
 def test_missing_cluster_with_no_clusters_says_none() -> None:
     with pytest.raises(NotFound, match=r"known clusters: none"):
-        validate_move(service=running("web", "core/n1"), service_name="web",
-                      to_cluster="edge", clusters={})
+        validate_move(
+            service=running("web", "core/n1"), service_name="web", to_cluster="edge", clusters={}
+        )
 
 
 def test_service_not_running_is_a_conflict() -> None:
     with pytest.raises(Conflict, match="not running"):
-        validate_move(service=running("web", None), service_name="web", to_cluster="edge",
-                      clusters=CLUSTERS)
+        validate_move(
+            service=running("web", None), service_name="web", to_cluster="edge", clusters=CLUSTERS
+        )
 
 
 def test_move_to_the_same_cluster_is_a_conflict() -> None:
     with pytest.raises(Conflict, match="already runs in cluster 'core'"):
-        validate_move(service=running("web", "core/n2"), service_name="web",
-                      to_cluster="core", clusters=CLUSTERS)
+        validate_move(
+            service=running("web", "core/n2"),
+            service_name="web",
+            to_cluster="core",
+            clusters=CLUSTERS,
+        )
 
 
 def test_service_already_moving_is_a_conflict_naming_the_move() -> None:
     with pytest.raises(Conflict, match="m-123"):
-        validate_move(service=running("web", "core/n1", moving="m-123"), service_name="web",
-                      to_cluster="edge", clusters=CLUSTERS)
+        validate_move(
+            service=running("web", "core/n1", moving="m-123"),
+            service_name="web",
+            to_cluster="edge",
+            clusters=CLUSTERS,
+        )
 
 
 # --- choose_node ---
@@ -99,8 +122,10 @@ def test_least_loaded_node_wins() -> None:
 
 def test_tie_is_broken_by_name_not_by_position() -> None:
     c = cluster("edge", "n3", "n2", "n1")
-    assert choose_node(cluster=c, avoid=set(), load={"edge/n1": 1, "edge/n3": 1,
-                                                     "edge/n2": 1}).name == "n1"
+    assert (
+        choose_node(cluster=c, avoid=set(), load={"edge/n1": 1, "edge/n3": 1, "edge/n2": 1}).name
+        == "n1"
+    )
     assert choose_node(cluster=c, avoid=set()).name == "n1"
 
 
@@ -145,8 +170,12 @@ def test_peer_nodes_without_links_is_empty() -> None:
 
 
 def test_node_load_counts_instances_per_node() -> None:
-    services = [running("a", "core/n1"), running("b", "core/n1"), running("c", "edge/n1"),
-                running("d", None)]
+    services = [
+        running("a", "core/n1"),
+        running("b", "core/n1"),
+        running("c", "edge/n1"),
+        running("d", None),
+    ]
     assert node_load(services) == Counter({"core/n1": 2, "edge/n1": 1})
 
 

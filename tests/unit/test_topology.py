@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -31,15 +32,21 @@ IFNAMSIZ = 15
 FIXED_IFNAMES = ("up0", "eth0", "cni0")
 
 
-def lab(*clusters: ClusterConfig, name: str = "smlab", underlay: str = "198.18.0.0/16"
-        ) -> LabConfig:
-    return LabConfig(name=name, underlay=underlay,
-                     clusters=clusters or (ClusterConfig(name="core"),))
+def lab(
+    *clusters: ClusterConfig, name: str = "smlab", underlay: str = "198.18.0.0/16"
+) -> LabConfig:
+    return LabConfig(
+        name=name, underlay=underlay, clusters=clusters or (ClusterConfig(name="core"),)
+    )
 
 
 def ifnames(p: LabPlan) -> list[str]:
-    return [p.host_ifname, *FIXED_IFNAMES, *(c.bridge for c in p.clusters),
-            *(n.router_port for n in p.nodes)]
+    return [
+        p.host_ifname,
+        *FIXED_IFNAMES,
+        *(c.bridge for c in p.clusters),
+        *(n.router_port for n in p.nodes),
+    ]
 
 
 def assert_addresses_sound(p: LabPlan) -> None:
@@ -51,7 +58,7 @@ def assert_addresses_sound(p: LabPlan) -> None:
     for net in every:
         assert net.subnet_of(underlay), f"{net} is outside the underlay {underlay}"
     for i, a in enumerate(every):
-        for b in every[i + 1:]:
+        for b in every[i + 1 :]:
             assert not a.overlaps(b), f"{a} overlaps {b}"
 
 
@@ -63,7 +70,9 @@ def test_default_config() -> None:
     assert cfg.name == "smlab"
     assert cfg.underlay == "198.18.0.0/16"
     assert [(c.name, c.nodes, c.underlay_mtu) for c in cfg.clusters] == [
-        ("core", 2, 1500), ("edge", 2, 1500)]
+        ("core", 2, 1500),
+        ("edge", 2, 1500),
+    ]
 
 
 def test_default_plan_names() -> None:
@@ -72,8 +81,12 @@ def test_default_plan_names() -> None:
     assert p.router_namespace == "smlab-wan"
     assert p.host_ifname == "smlab-h0"
     assert p.prefix == "smlab-"
-    assert [n.namespace for n in p.nodes] == ["smlab-core-n1", "smlab-core-n2",
-                                              "smlab-edge-n1", "smlab-edge-n2"]
+    assert [n.namespace for n in p.nodes] == [
+        "smlab-core-n1",
+        "smlab-core-n2",
+        "smlab-edge-n1",
+        "smlab-edge-n2",
+    ]
     assert [c.bridge for c in p.clusters] == ["br-core", "br-edge"]
     assert [n.router_port for n in p.nodes] == ["core-n1", "core-n2", "edge-n1", "edge-n2"]
     assert p.nodes[0].queue_id == "core.n1"
@@ -162,10 +175,11 @@ def test_underlay_must_be_a_slash16(underlay: str) -> None:
         plan(lab(underlay=underlay))
 
 
-@pytest.mark.parametrize("underlay", ["10.0.0.0/16", "198.20.0.0/16", "198.17.0.0/16",
-                                      "192.168.0.0/16"])
+@pytest.mark.parametrize(
+    "underlay", ["10.0.0.0/16", "198.20.0.0/16", "198.17.0.0/16", "192.168.0.0/16"]
+)
 def test_underlay_must_be_in_the_benchmarking_range(underlay: str) -> None:
-    with pytest.raises(LabConfigError, match="198.18.0.0/15"):
+    with pytest.raises(LabConfigError, match=re.escape("198.18.0.0/15")):
         plan(lab(underlay=underlay))
 
 
@@ -176,13 +190,13 @@ def test_unparsable_underlay(underlay: str) -> None:
 
 
 def test_no_clusters() -> None:
-    with pytest.raises(LabConfigError, match="1 to 16 clusters"):
+    with pytest.raises(LabConfigError, match="1 to 7 clusters"):
         plan(LabConfig(clusters=()))
 
 
 def test_too_many_clusters() -> None:
-    with pytest.raises(LabConfigError, match="1 to 16 clusters"):
-        plan(lab(*(ClusterConfig(name=f"c{i}", nodes=1) for i in range(17))))
+    with pytest.raises(LabConfigError, match="1 to 7 clusters"):
+        plan(lab(*(ClusterConfig(name=f"c{i}", nodes=1) for i in range(8))))
 
 
 def test_duplicate_cluster_names() -> None:
@@ -213,14 +227,7 @@ def test_mtu_bounds_are_inclusive(mtu: int) -> None:
     assert plan(lab(ClusterConfig(name="core", underlay_mtu=mtu))).clusters[0].mtu == mtu
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: dataplane/lab/topology.py plan() accepts up to 16 clusters of 15 nodes, but "
-           "pod subnet offset (128 + i*16 + j) * 256 passes the /16's last /24 from cluster "
-           "index 7 (c7/n15 gets x.x.255.0/24, which holds the host link .253/.254) and "
-           "leaves the underlay from cluster index 8 (e.g. 198.19.x.0/24 for 198.18.0.0/16)",
-)
-@pytest.mark.parametrize(("clusters", "nodes"), [(8, 15), (9, 1), (16, 15)])
+@pytest.mark.parametrize(("clusters", "nodes"), [(7, 15), (8, 15), (9, 1), (16, 15)])
 def test_every_accepted_lab_has_sound_addresses(clusters: int, nodes: int) -> None:
     cfg = lab(*(ClusterConfig(name=f"c{i}", nodes=nodes) for i in range(clusters)))
     try:
@@ -230,12 +237,6 @@ def test_every_accepted_lab_has_sound_addresses(clusters: int, nodes: int) -> No
     assert_addresses_sound(p)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: dataplane/lab/topology.py NAME_RE / CLUSTER_RE end in '$', which also "
-           "matches before a trailing newline, so 'smlab\\n' is accepted and namespaces such "
-           "as 'smlab\\n-wan' are planned",
-)
 @pytest.mark.parametrize(("name", "cluster"), [("smlab\n", "core"), ("smlab", "core\n")])
 def test_names_with_a_trailing_newline_are_refused(name: str, cluster: str) -> None:
     with pytest.raises(LabConfigError):
@@ -264,8 +265,10 @@ def test_load_config_from_a_file(tmp_path: Path) -> None:
     path.write_text(TOML)
     cfg = load_config(path)
     assert cfg.name == "mylab" and cfg.underlay == "198.19.0.0/16"
-    assert cfg.clusters == (ClusterConfig(name="a", nodes=3, underlay_mtu=9000),
-                            ClusterConfig(name="b", nodes=2, underlay_mtu=1500))
+    assert cfg.clusters == (
+        ClusterConfig(name="a", nodes=3, underlay_mtu=9000),
+        ClusterConfig(name="b", nodes=2, underlay_mtu=1500),
+    )
     p = plan(cfg)
     assert p.node("a", "n3").namespace == "mylab-a-n3"
     assert p.node("a", "n1").underlay_ip == "198.19.1.11"
@@ -305,12 +308,6 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml")
 
 
-@pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="bug: dataplane/lab/topology.py load_config() builds ClusterConfig(**c) unchecked; a "
-           "typo such as 'node = 2' raises TypeError (a traceback in the CLI, which only "
-           "catches LabConfigError and OSError) instead of LabConfigError",
-)
 def test_load_config_unknown_cluster_key(tmp_path: Path) -> None:
     path = tmp_path / "lab.toml"
     path.write_text('[[clusters]]\nname = "core"\nnode = 2\n')
