@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +16,7 @@ class MoveRequest(BaseModel):
 
     service: Name
     to_cluster: Name
+    strategy: Literal["precopy", "stop-and-copy"] = "precopy"
     faults: list[str] = Field(default_factory=list, max_length=6,
                               description="phases to fail on purpose (fault injection only)")
 
@@ -47,6 +48,11 @@ class MoveOut(BaseModel):
     abort_requested: bool
     error: str | None
     origin: str
+    strategy: str
+    stateful: bool
+    precopy_rounds: int
+    state_bytes: int
+    freeze_ms: float | None
     links: dict[str, str]
 
     @classmethod
@@ -58,7 +64,8 @@ class MoveOut(BaseModel):
             target=InstanceOut.of(m.target), created_at=m.created_at,
             finished_at=m.finished_at, total_ms=m.total_ms, phase_ms=dict(m.phase_ms),
             cutover_confirmed=m.cutover_confirmed, abort_requested=m.abort_requested,
-            error=m.error, origin=m.origin,
+            error=m.error, origin=m.origin, strategy=m.strategy, stateful=m.stateful,
+            precopy_rounds=m.sync_rounds, state_bytes=m.state_bytes, freeze_ms=m.freeze_ms,
             links={"self": f"/v1/moves/{m.id}", "events": f"/v1/moves/{m.id}/events"},
         )
 

@@ -88,7 +88,7 @@ class Deployer:
                 raise Conflict(f"peer service {p!r} is moving (move {peer.moving}); try again "
                                "when it has ended")
             peer_svcs.append(peer)
-        if workload == "probe" and len(peer_svcs) != 1:
+        if workload in workloads.CLIENTS and len(peer_svcs) != 1:
             raise Invalid("a probe needs exactly one peer: the service it sends requests to")
 
         node = planning.choose_node(
@@ -113,7 +113,7 @@ class Deployer:
                 )
                 self.registry.put_link(link)
                 links.append((link, peer))
-            if workload == "probe":
+            if workload in workloads.CLIENTS:
                 link, peer = links[0]
                 svc.params["target"] = f"{link.peer_of(name).ip}:{peer.params.get('port', 7000)}"
             svc.links = [link.id for link, _ in links]

@@ -39,3 +39,18 @@ def move_lease(move_id: str) -> str:
 
 def service_lock(name: str) -> str:
     return f"{PREFIX}lock:service:{name}"
+
+
+def state_frames(move_id: str) -> str:
+    """The Redis stream carrying one move's state frames."""
+    return f"{PREFIX}state:{move_id}:frames"
+
+
+def state_acked(move_id: str) -> str:
+    """Bytes of the move's frames the target has applied (the source's back-pressure)."""
+    return f"{PREFIX}state:{move_id}:acked"
+
+
+def state_keys(move_id: str) -> list[str]:
+    """Every key a move's state transfer may create (all expire once the move ends)."""
+    return [state_frames(move_id), state_acked(move_id)]

@@ -190,7 +190,12 @@ class Move:
     faults: list[str] = field(default_factory=list)
     error: str | None = None
     origin: str = "api"
-    strategy: str = "stateless"
+    strategy: str = "precopy"  # or "stop-and-copy"; a stateless service has nothing to copy
+    stateful: bool = False
+    sync_rounds: int = 0
+    sync_since: int = 0  # the source state version the pre-copy rounds reached
+    state_bytes: int = 0
+    freeze_ms: float | None = None
 
     @property
     def total_ms(self) -> float | None:

@@ -15,22 +15,28 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from mobility import planning
-from mobility.errors import InjectedFault, MobilityError, MoveAborted, PhaseFailed
+from mobility import planning, workloads
+from mobility.errors import InjectedFault, Invalid, MobilityError, MoveAborted, PhaseFailed
 from mobility.models import Event, Instance, Link, Move, MoveStatus, Phase, Service
 from mobility.phases import COMPENSATIONS, compensation_plan, recovery, remaining
-from mobility.ports import Federation, Wiring
+from mobility.ports import Federation, StateAgent, StateAgents, Wiring
 from mobility.registry import Registry, StaleEpoch, new_move_id
 from mobility.settings import Settings
+from state_transfer.errors import StateTransferError
+from state_transfer.frames import new_key
 
 log = logging.getLogger(__name__)
 
 # Faults a move may carry when fault injection is on (tests and drills): "<phase>" fails that
 # phase after its work is done; "pause:<phase>" holds the phase (and its lease) for PAUSE_S,
 # long enough to kill a worker in the middle of it.
-INJECTABLE = frozenset([str(p) for p in Phase] + [f"pause:{p}" for p in Phase])
+# "corrupt:<phase>" makes the source's state agent corrupt a frame in that phase's transfer.
+INJECTABLE = frozenset([str(p) for p in Phase] + [f"pause:{p}" for p in Phase]
+                       + ["corrupt:sync", "corrupt:cutover"])
 PAUSE_S = 3.0
+STRATEGIES = ("precopy", "stop-and-copy")
 
 
 @dataclass(frozen=True)
@@ -43,16 +49,17 @@ class Reaped:
 
 class Engine:
     def __init__(self, *, registry: Registry, federation: Federation, wiring: Wiring,
-                 settings: Settings) -> None:
+                 state_agents: StateAgents, settings: Settings) -> None:
         self.registry = registry
         self.federation = federation
         self.wiring = wiring
+        self.state_agents = state_agents
         self.settings = settings
 
     # --- creating a move (the API side of ADMIT) ---
 
     def request_move(self, *, service: str, to_cluster: str, faults: list[str] | None = None,
-                     origin: str = "api") -> Move:
+                     origin: str = "api", strategy: str = "precopy") -> Move:
         """Validate and record a move, taking the service's lock. Raises NotFound/Conflict."""
         faults = list(faults or [])
         svc = planning.validate_move(
@@ -60,9 +67,12 @@ class Engine:
             to_cluster=to_cluster, clusters=self.registry.clusters(),
         )
         assert svc.instance is not None
+        if strategy not in STRATEGIES:
+            raise Invalid(f"strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         move = Move(id=new_move_id(), service=service, from_cluster=svc.instance.cluster,
                     to_cluster=to_cluster, created_at=time.time(), source=svc.instance,
-                    faults=faults, origin=origin)
+                    faults=faults, origin=origin, strategy=strategy,
+                    stateful=svc.workload in workloads.STATEFUL)
         self.registry.create_move(move)
         self._event(move.id, "status", detail="pending")
         return move
@@ -138,7 +148,10 @@ class Engine:
     def _place(self, move: Move, epoch: int) -> None:
         svc = self._service(move)
         target = self._target(move)
-        self.federation.place(instance=target, workload=svc.workload, params=svc.params,
+        params = dict(svc.params)
+        if move.stateful:
+            params["restore"] = True  # start empty: the state comes over in SYNC
+        self.federation.place(instance=target, workload=svc.workload, params=params,
                               start=True)
         self.federation.wait_ready(instance=target, timeout=self.settings.ready_timeout_s)
 
@@ -150,14 +163,105 @@ class Engine:
                                    peer_instance=peer)
 
     def _sync(self, move: Move, epoch: int) -> None:
-        """A stateless service has no state to copy; the state transfer fills this slot."""
+        """Pre-copy rounds while each round's delta shrinks, up to the round cap.
+
+        Nothing for a stateless service, nor for ``stop-and-copy`` (CUTOVER copies it all).
+        The orchestrator only sends commands: the state flows from the source's agent through
+        the move's Redis stream to the target's agent.
+        """
+        if not move.stateful or move.strategy == "stop-and-copy":
+            return
+        source, target = self._agents(move)
+        try:
+            since, previous, total, rounds = 0, None, 0, 0
+            while rounds < self.settings.precopy_max_rounds:
+                rounds += 1
+                sent = self._round(move, source, target, rnd=rounds, since=since,
+                                   corrupt="corrupt:sync" in move.faults and rounds == 1)
+                since, total = int(sent["version"]), total + int(sent["bytes"])
+                self._event(move.id, "precopy_round", phase=Phase.SYNC,
+                            detail=f"round {rounds}: {sent['keys']} keys, {sent['bytes']} bytes")
+                if int(sent["bytes"]) <= self.settings.precopy_small_bytes or (
+                        previous is not None and int(sent["bytes"]) >= previous):
+                    break
+                previous = int(sent["bytes"])
+        finally:
+            source.close()
+            target.close()
+
+        def record(m: Move) -> None:
+            m.sync_rounds, m.sync_since, m.state_bytes = rounds, since, total
+
+        self.registry.update_move(move.id, record, epoch=epoch)
+        move.sync_rounds, move.sync_since, move.state_bytes = rounds, since, total
+
+    def _agents(self, move: Move) -> tuple[StateAgent, StateAgent]:
+        """Connections to both agents, with the move's session opened on each.
+
+        The per-move key is made here and handed over the control channels only: it never
+        sits in Redis. Opening is idempotent, so a retried phase reuses the sessions.
+        """
+        assert move.source is not None
+        source = self.state_agents.agent(move.source)
+        target = self.state_agents.agent(self._target(move))
+        key = new_key()
+        for agent, role in ((source, "source"), (target, "target")):
+            agent.call("open", move=move.id, key=key, role=role,
+                       redis_url=self.settings.agents_redis_url,
+                       stall_timeout_s=self.settings.state_stall_timeout_s)
+        return source, target
+
+    def _round(self, move: Move, source: StateAgent, target: StateAgent, *, rnd: int,
+               since: int, corrupt: bool = False) -> dict[str, Any]:
+        """One round: the source streams its changes while the target applies them."""
+        restored: dict[str, Any] = {}
+        failure: list[BaseException] = []
+
+        def restore() -> None:
+            try:
+                restored.update(target.call("restore", move=move.id, round=rnd))
+            except BaseException as exc:  # reported below, in the phase's own thread
+                failure.append(exc)
+
+        t = threading.Thread(target=restore, name=f"restore-{move.id}-{rnd}", daemon=True)
+        t.start()
+        try:
+            args: dict[str, Any] = {"move": move.id, "round": rnd, "since": since}
+            if corrupt:
+                args["corrupt_seq"] = 2
+            sent = source.call("snapshot", **args)
+        except StateTransferError as exc:
+            target.close()  # unblocks the waiting restore
+            t.join(timeout=5)
+            raise PhaseFailed(f"state round {rnd}: source: {exc}") from exc
+        t.join(timeout=self.settings.state_stall_timeout_s + 5)
+        if t.is_alive():
+            target.close()
+            raise PhaseFailed(f"state round {rnd}: the target did not finish restoring")
+        if failure:
+            raise PhaseFailed(f"state round {rnd}: target: {failure[0]}") from failure[0]
+        if int(restored.get("frames", -1)) != int(sent["frames"]):
+            raise PhaseFailed(f"state round {rnd}: the source sent {sent['frames']} frames, "
+                              f"the target applied {restored.get('frames')}")
+        return sent
 
     def _cutover(self, move: Move, epoch: int) -> None:
         svc = self._service(move)
         target = self._target(move)
         pairs = self._peers(svc)
+        frozen_at = time.perf_counter()
+        if move.stateful:
+            self._final_delta(move, epoch)
         for link, peer in pairs:
             self.wiring.switch(link=link, moved=svc.name, peer_instance=peer, to_instance=target)
+        if move.stateful:
+            freeze_ms = round((time.perf_counter() - frozen_at) * 1000, 2)
+
+            def froze(m: Move) -> None:
+                m.freeze_ms = freeze_ms
+
+            self.registry.update_move(move.id, froze, epoch=epoch)
+            self._event(move.id, "freeze_window", phase=Phase.CUTOVER, detail=f"{freeze_ms} ms")
         target_ip = self.registry.clusters()[target.cluster].node(target.node).underlay_ip
         for link, peer in pairs:
             now = self.wiring.points_to(link=link, moved=svc.name, peer_instance=peer)
@@ -178,6 +282,28 @@ class Engine:
         self._event(move.id, "cutover_confirmed", phase=Phase.CUTOVER,
                     detail=f"{len(pairs)} peer(s) switched to {target.cluster}/{target.node}")
 
+    def _final_delta(self, move: Move, epoch: int) -> None:
+        """Freeze the source, ship what changed since the last round, resume the target."""
+        source, target = self._agents(move)
+        try:
+            source.call("freeze")
+            rnd = move.sync_rounds + 1
+            since = move.sync_since if move.strategy == "precopy" else 0
+            sent = self._round(move, source, target, rnd=rnd, since=since,
+                               corrupt="corrupt:cutover" in move.faults)
+            target.call("resume")
+        finally:
+            source.close()
+            target.close()
+        total = move.state_bytes + int(sent["bytes"])
+
+        def record(m: Move) -> None:
+            m.sync_rounds, m.state_bytes = rnd, total
+
+        self.registry.update_move(move.id, record, epoch=epoch)
+        self._event(move.id, "final_delta", phase=Phase.CUTOVER,
+                    detail=f"round {rnd}: {sent['keys']} keys, {sent['bytes']} bytes")
+
     def _release(self, move: Move, epoch: int) -> None:
         if move.source is not None:
             self.federation.unplace(instance=move.source)
@@ -187,6 +313,11 @@ class Engine:
         if move.epoch != epoch or move.status.terminal:
             return move
         move = self.registry.finish_move(move_id, MoveStatus.SUCCEEDED)
+        if move.stateful and move.target is not None:
+            with contextlib.suppress(StateTransferError), contextlib.closing(
+                    self.state_agents.agent(move.target)) as agent:
+                agent.call("close", move=move_id)
+        self.registry.expire_state(move_id, self.settings.state_ttl_s)
         self._event(move_id, "status", detail="succeeded")
         log.info("move %s succeeded in %s ms", move_id, move.total_ms)
         return move
@@ -228,6 +359,7 @@ class Engine:
                     return final
                 self._event(move_id, "compensated", phase=phase, detail=str(name))
         final = self.registry.finish_move(move_id, MoveStatus.ROLLED_BACK)
+        self.registry.expire_state(move_id, self.settings.state_ttl_s)
         self._event(move_id, "status", detail="rolled_back")
         return final
 
@@ -246,7 +378,15 @@ class Engine:
             self.wiring.delete_end(link=link, service=svc.name, instance=move.target)
 
     def _undo_sync(self, move: Move) -> None:
-        """drop_state: a stateless move holds no state session."""
+        """drop_state: end both agents' sessions and let the move's state keys expire."""
+        if move.stateful:
+            for instance in (move.source, move.target):
+                if instance is None:
+                    continue
+                with contextlib.suppress(StateTransferError), contextlib.closing(
+                        self.state_agents.agent(instance)) as agent:
+                    agent.call("close", move=move.id)
+        self.registry.expire_state(move.id, self.settings.state_ttl_s)
 
     def _undo_cutover(self, move: Move) -> None:
         if move.source is None:
@@ -255,6 +395,13 @@ class Engine:
         for link, peer in self._peers(svc):
             self.wiring.switch(link=link, moved=svc.name, peer_instance=peer,
                                to_instance=move.source)
+        if move.stateful:
+            # unfreeze the source: it serves again, with every write it had
+            try:
+                with contextlib.closing(self.state_agents.agent(move.source)) as agent:
+                    agent.call("resume")
+            except StateTransferError as exc:
+                raise PhaseFailed(f"could not unfreeze the source: {exc}") from exc
         source = move.source
 
         def serve_from_source(s: Service) -> None:

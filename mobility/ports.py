@@ -36,6 +36,20 @@ class Federation(Protocol):
         ...
 
 
+class StateAgent(Protocol):
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        """One request to an application's state agent; raises StateTransferError."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StateAgents(Protocol):
+    def agent(self, instance: Instance) -> StateAgent:
+        """A connection to the state agent of the application in ``instance``."""
+        ...
+
+
 class Wiring(Protocol):
     def create_end(self, *, link: Link, service: str, instance: Instance,
                    peer_instance: Instance) -> None:

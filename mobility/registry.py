@@ -260,6 +260,13 @@ class Registry:
         raw = cast(bytes | None, self.r.get(keys.service_lock(service)))
         return raw.decode() if raw else None
 
+    def expire_state(self, move_id: str, ttl_s: int) -> None:
+        """Every key of the move's state transfer expires ``ttl_s`` after the move ended."""
+        with self.r.pipeline(transaction=False) as p:
+            for key in keys.state_keys(move_id):
+                p.expire(key, ttl_s)
+            p.execute()
+
     # --- leases ---
 
     def hold_lease(self, move_id: str, token: str, ttl_s: float) -> None:

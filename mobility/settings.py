@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr(DEV_REDIS_URL)
     backend: Literal["lab"] = "lab"
     lab_name: str = "smlab"
+    # Where the lab keeps its run files (the same variable dataplane.lab.topology reads).
+    run_root: str = "/run/service-mobility"
     api_host: str = "127.0.0.1"
     api_port: int = 8470
     # Fault injection ("fail WIRE on purpose") is for tests and drills; off unless asked for.
@@ -32,6 +34,18 @@ class Settings(BaseSettings):
     node_call_timeout_s: float = Field(default=20.0, gt=0)
     ready_timeout_s: float = Field(default=15.0, gt=0)
     event_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # The Redis URL as the applications' state agents reach it (in the lab: through the host
+    # link, not loopback). Empty: the same as redis_url.
+    state_redis_url: SecretStr = SecretStr("")
+    state_ttl_s: int = Field(default=60, gt=0, description="life of a move's state keys after it")
+    precopy_max_rounds: int = Field(default=8, ge=1, le=100)
+    precopy_small_bytes: int = Field(default=1 << 20, ge=0,
+                                     description="a round this small ends the pre-copy")
+    state_stall_timeout_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def agents_redis_url(self) -> str:
+        return self.state_redis_url.get_secret_value() or self.redis_url.get_secret_value()
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Settings:

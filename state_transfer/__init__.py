@@ -1,0 +1,13 @@
+"""State transfer over Redis, and the SDK an application embeds.
+
+- :mod:`state_transfer.store`: the application's state, a mapping with a version counter and
+  dirty-key tracking (values are msgpack-able).
+- :mod:`state_transfer.directory`: the same interface over a directory of files.
+- :mod:`state_transfer.frames`: msgpack frames, chunked, authenticated and encrypted with
+  AES-GCM under a per-move key that never sits in Redis.
+- :mod:`state_transfer.channel`: one Redis stream per move, with bounded bytes in flight and
+  sequence checks (a corrupt, missing or replayed frame is an error, never a silent one).
+- :mod:`state_transfer.agent`: what the application serves to the orchestrator on a Unix
+  socket: ``open``, ``freeze``, ``snapshot``, ``restore``, ``resume``, ``close``, ``status``.
+- :mod:`state_transfer.control`: the orchestrator's client for that socket.
+"""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 from celery import chain
 
 from mobility.deploying import Deployer
 from mobility.errors import Conflict, Invalid, MobilityError, NotFound
-from mobility.federation.lab import LabFederation
+from mobility.federation.lab import LabFederation, LabStateAgents
 from mobility.models import Phase
 from mobility.moving import Engine
 from mobility.registry import Registry, StaleEpoch
@@ -40,6 +41,7 @@ def build_engine(settings: Settings) -> Engine:
         registry=reg,
         federation=LabFederation(agent, reg.clusters, call_timeout=timeout),
         wiring=AgentWiring(agent, reg.clusters, call_timeout=timeout),
+        state_agents=LabStateAgents(Path(settings.run_root) / settings.lab_name / "pods"),
         settings=settings,
     )
 

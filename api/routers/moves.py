@@ -30,7 +30,7 @@ def create_move(body: MoveRequest, engine: EngineDep, settings: SettingsDep) -> 
             raise ApiError(422, f"unknown phases in faults: {unknown}; "
                                 f"known: {sorted(INJECTABLE)}")
     move = engine.request_move(service=body.service, to_cluster=body.to_cluster,
-                               faults=body.faults)
+                               faults=body.faults, strategy=body.strategy)
     start_move(move.id)
     return MoveOut.of(move)
 

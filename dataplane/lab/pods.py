@@ -46,6 +46,22 @@ def workload_argv(workload: str, params: dict[str, Any], pod_dir: Path) -> list[
                 "--count", str(int(params.get("count", 0))),
                 "--out", str(pod_dir / "probe.json"), "--progress", str(pod_dir / "progress.json"),
                 "--ready-file", ready]
+    if workload == "sessions":
+        argv = [sys.executable, "-m", "dataplane.lab.workloads.sessions",
+                "--port", str(int(params.get("port", 7000))),
+                "--control", str(pod_dir / "state.sock"),
+                "--state-mb", str(float(params.get("state_mb", 0))),
+                "--dirty-rate", str(float(params.get("dirty_rate", 0))), "--ready-file", ready]
+        if params.get("restore"):
+            argv.append("--restore")
+        return argv
+    if workload == "session-probe":
+        return [sys.executable, "-m", "dataplane.lab.workloads.session_probe",
+                "--target", str(params["target"]), "--rate", str(float(params.get("rate", 1000))),
+                "--sessions", str(int(params.get("sessions", 16))),
+                "--rto-ms", str(float(params.get("rto_ms", 100))),
+                "--out", str(pod_dir / "probe.json"), "--progress", str(pod_dir / "progress.json"),
+                "--ready-file", ready]
     raise DataplaneError(f"unknown workload {workload!r}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,13 @@ def remove_demo_services(api: httpx.Client) -> None:
             _check(api.delete(f"/v1/services/{name}"), f"removing {name}")
 
 
-def wait_probe(path: Path, *, received: int, timeout: float) -> dict[str, Any]:
+def wait_probe(path: Path, *, received: int, timeout: float,
+               key: str = "received") -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             data: dict[str, Any] = json.loads(path.read_text())
-            if int(data.get("received", 0)) >= received:
+            if int(data.get(key, 0)) >= received:
                 return data
         except (FileNotFoundError, ValueError):
             pass
@@ -70,25 +72,46 @@ def follow_events(api: httpx.Client, move_id: str,
                 on_event(json.loads(line[6:]))
 
 
+@dataclass(frozen=True)
+class Stateful:
+    """The stateful variant: the session service with extra state, and its session client."""
+
+    state_mb: float = 64.0
+    dirty_rate: float = 1.0
+    strategy: str = "precopy"
+
+
 def run(*, plan: LabPlan, api_url: str, to_cluster: str = "edge", from_cluster: str = "core",
-        rate: float = 1000.0, settle_s: float = 1.0,
+        rate: float = 1000.0, settle_s: float = 1.0, stateful: Stateful | None = None,
         on_event: Callable[[dict[str, Any]], None] = lambda _: None,
         say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    service: dict[str, Any]
+    client_spec: dict[str, Any]
+    if stateful is None:
+        service = {"name": ECHO, "workload": "echo", "cluster": from_cluster}
+        client_spec = {"name": CLIENT, "workload": "probe", "cluster": from_cluster,
+                       "peers": [ECHO], "params": {"rate": rate}}
+    else:
+        service = {"name": ECHO, "workload": "sessions", "cluster": from_cluster,
+                   "params": {"state_mb": stateful.state_mb,
+                              "dirty_rate": stateful.dirty_rate}}
+        client_spec = {"name": CLIENT, "workload": "session-probe", "cluster": from_cluster,
+                       "peers": [ECHO], "params": {"rate": rate}}
     with httpx.Client(base_url=api_url, timeout=120) as api:
         remove_demo_services(api)
-        say(f"deploying {ECHO} in {from_cluster}")
-        _check(api.post("/v1/services", json={"name": ECHO, "workload": "echo",
-                                              "cluster": from_cluster}), f"deploying {ECHO}")
-        say(f"deploying {CLIENT} (UDP probe at {rate:g} req/s over nsm-1)")
-        client = _check(api.post("/v1/services", json={
-            "name": CLIENT, "workload": "probe", "cluster": from_cluster, "peers": [ECHO],
-            "params": {"rate": rate}}), f"deploying {CLIENT}")
+        say(f"deploying {ECHO} ({service['workload']}) in {from_cluster}")
+        _check(api.post("/v1/services", json=service), f"deploying {ECHO}")
+        say(f"deploying {CLIENT} ({client_spec['workload']} at {rate:g} req/s over nsm-1)")
+        client = _check(api.post("/v1/services", json=client_spec), f"deploying {CLIENT}")
         pod_dir = plan.run_dir / "pods" / client["instance"]["pod"]
-        wait_probe(pod_dir / "progress.json", received=int(rate // 4), timeout=10)
+        wait_probe(pod_dir / "progress.json", received=int(rate // 4), timeout=10,
+                   key="answered" if stateful else "received")
 
         say(f"moving {ECHO} to {to_cluster}")
-        move = _check(api.post("/v1/moves", json={"service": ECHO, "to_cluster": to_cluster}),
-                      "requesting the move")
+        body: dict[str, Any] = {"service": ECHO, "to_cluster": to_cluster}
+        if stateful is not None:
+            body["strategy"] = stateful.strategy
+        move = _check(api.post("/v1/moves", json=body), "requesting the move")
         follow_events(api, move["id"], on_event)
         move = _check(api.get(f"/v1/moves/{move['id']}"), "reading the move")
         time.sleep(settle_s)  # keep probing through the settled state after the move
@@ -99,19 +122,27 @@ def run(*, plan: LabPlan, api_url: str, to_cluster: str = "edge", from_cluster: 
         _check(api.delete(f"/v1/services/{ECHO}"), f"removing {ECHO}")
 
     where = echo.get("instance") or {}
-    return {
+    summary = {
         "move_id": move["id"],
         "status": move["status"],
         "total_ms": move["total_ms"],
         "phases": move["phase_ms"],
         "probes_sent": probe["sent"],
         "probes_lost": probe["lost"],
-        "probes_duplicated": probe["duplicated"],
+        "probes_duplicated": probe.get("duplicated", probe.get("double_increments")),
         "probe_max_gap_ms": probe["max_gap_ms"],
-        "probe_rtt_us_p50": probe["rtt_us_p50"],
         "probe_rate": rate,
         "from_cluster": move["from_cluster"],
         "to_cluster": move["to_cluster"],
         "service_now_at": f"{where.get('cluster')}/{where.get('node')}/{where.get('pod')}",
         "error": move["error"],
     }
+    if stateful is None:
+        summary["probe_rtt_us_p50"] = probe["rtt_us_p50"]
+    else:
+        summary.update(
+            strategy=move["strategy"], state_bytes=move["state_bytes"],
+            precopy_rounds=move["precopy_rounds"], freeze_ms=move["freeze_ms"],
+            counters_ok=probe["counters_ok"], probes_retransmitted=probe["retransmits"],
+            sessions=probe["sessions"])
+    return summary

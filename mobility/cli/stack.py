@@ -111,6 +111,7 @@ class Stack:
             MOBILITY_LAB_NAME=self.plan.name,
             MOBILITY_API_PORT=str(self.api_port),
             MOBILITY_FAULT_INJECTION="1" if self.fault_injection else "0",
+            MOBILITY_STATE_REDIS_URL=self.redis_url(from_lab=True),
             MOBILITY_ENV_FILE=os.devnull,
             PYTHONUNBUFFERED="1",
         )

@@ -7,9 +7,11 @@ because only that agent runs inside the node (it owns the node's namespace and p
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from mobility.models import Cluster, Instance, Node, Params
 from mobility.ports import NodeAgent
+from state_transfer.control import AgentClient
 
 
 class LabFederation:
@@ -39,3 +41,16 @@ class LabFederation:
     def unplace(self, *, instance: Instance) -> None:
         self.agent.call(self._node(instance), "delete_pod", {"pod": instance.pod},
                         timeout=self.call_timeout)
+
+
+class LabStateAgents:
+    """State agents of lab pods: a Unix socket in each pod's directory, reachable from the host.
+
+    In Kubernetes the same socket would sit in a volume shared with the node's agent.
+    """
+
+    def __init__(self, pods_dir: Path) -> None:
+        self.pods_dir = pods_dir
+
+    def agent(self, instance: Instance) -> AgentClient:
+        return AgentClient(str(self.pods_dir / instance.pod / "state.sock"))

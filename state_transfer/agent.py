@@ -1,0 +1,304 @@
+"""The agent an application serves to the orchestrator.
+
+Protocol (documented here because applications in other languages may implement it): a Unix
+stream socket; each request and response is a 4-byte big-endian length followed by a msgpack
+map. Requests carry ``op``; responses carry ``ok`` and either results or ``error``.
+
+- ``open`` (``move``, ``key`` of 32 bytes, ``role`` source/target, ``redis_url``): starts a
+  transfer session; the key stays in this process, never in Redis. Idempotent.
+- ``snapshot`` (``move``, ``round``, ``since``): streams the keys changed after version
+  ``since`` as frames, then an END frame; returns ``version``, ``frames``, ``bytes``, ``keys``.
+- ``restore`` (``move``, ``round``): applies the round's frames; returns the same counts.
+- ``freeze``: stops the application's writes; returns ``version``. ``resume``: lets them go on.
+- ``close`` (``move``): ends the session. ``status``: ``version``, ``frozen``, ``keys``.
+  ``digest``: a digest of the whole state.
+
+The socket is in the pod's own directory, which the node (and, in the lab, the orchestrator on
+the host) can reach; a Kubernetes deployment shares it through a volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import socketserver
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+import redis
+
+from state_transfer.channel import Receiver, Sender
+from state_transfer.directory import DirectoryState
+from state_transfer.errors import StateTransferError
+from state_transfer.frames import DELETE, END, PUT, FrameCodec, split
+from state_transfer.store import StateStore
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("!I")
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+class Transferable(Protocol):
+    """What the agent needs of a state: the store and the directory both provide it."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def frozen(self) -> bool: ...
+
+    def freeze(self) -> int: ...
+
+    def resume(self) -> None: ...
+
+    def changes_since(self, version: int) -> tuple[int, list[str], list[str]]: ...
+
+    def encode(self, key: str) -> bytes | None: ...
+
+    def decode_apply(self, key: str, data: bytes) -> None: ...
+
+    def apply_delete(self, key: str) -> None: ...
+
+    def digest(self) -> str: ...
+
+    def count(self) -> int: ...
+
+
+class StoreState:
+    """A :class:`StateStore` seen as a Transferable: values travel as msgpack bytes."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    @property
+    def version(self) -> int:
+        return self.store.version
+
+    @property
+    def frozen(self) -> bool:
+        return self.store.frozen
+
+    def freeze(self) -> int:
+        return self.store.freeze()
+
+    def resume(self) -> None:
+        self.store.resume()
+
+    def changes_since(self, version: int) -> tuple[int, list[str], list[str]]:
+        return self.store.changes_since(version)
+
+    def encode(self, key: str) -> bytes | None:
+        if key not in self.store:
+            return None
+        return bytes(msgpack.packb(self.store.get(key), use_bin_type=True))
+
+    def decode_apply(self, key: str, data: bytes) -> None:
+        self.store.apply(key, msgpack.unpackb(data, raw=False))
+
+    def apply_delete(self, key: str) -> None:
+        self.store.apply_delete(key)
+
+    def digest(self) -> str:
+        return self.store.digest()
+
+    def count(self) -> int:
+        return len(self.store)
+
+
+def send_message(sock: socket.socket, msg: dict[str, Any]) -> None:
+    data = msgpack.packb(msg, use_bin_type=True)
+    sock.sendall(HEADER.pack(len(data)) + data)
+
+
+def recv_message(sock: socket.socket) -> dict[str, Any] | None:
+    head = _recv_exact(sock, HEADER.size)
+    if head is None:
+        return None
+    (size,) = HEADER.unpack(head)
+    if size > MAX_MESSAGE:
+        raise StateTransferError(f"control message of {size} bytes is too large")
+    body = _recv_exact(sock, size)
+    if body is None:
+        raise StateTransferError("control connection closed mid-message")
+    msg = msgpack.unpackb(body, raw=False)
+    if not isinstance(msg, dict):
+        raise StateTransferError("control message is not a map")
+    return msg
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None if not buf else bytes(buf)
+        buf.extend(chunk)
+    return bytes(buf)
+
+
+@dataclass
+class Session:
+    move: str
+    role: str
+    codec: FrameCodec
+    client: redis.Redis
+    sender: Sender | None = None
+    receiver: Receiver | None = None
+
+
+class Agent:
+    def __init__(self, state: Transferable, *, socket_path: str,
+                 faults_allowed: bool = False) -> None:
+        self.state = state
+        self.socket_path = socket_path
+        self.faults_allowed = faults_allowed
+        self.sessions: dict[str, Session] = {}
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+
+    # --- serving ---
+
+    def start(self) -> threading.Thread:
+        """Listen on the socket in a daemon thread."""
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        agent = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                agent._serve(self.request)
+
+        self._server = socketserver.ThreadingUnixStreamServer(self.socket_path, Handler)
+        self._server.daemon_threads = True
+        os.chmod(self.socket_path, 0o600)
+        t = threading.Thread(target=self._server.serve_forever, name="state-agent",
+                             daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        for s in self.sessions.values():
+            s.client.close()
+        self.sessions.clear()
+
+    def _serve(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                msg = recv_message(sock)
+            except (OSError, StateTransferError):
+                return
+            if msg is None:
+                return
+            try:
+                reply = {"ok": True, **self.handle(msg)}
+            except StateTransferError as exc:
+                log.warning("state agent: %s failed: %s", msg.get("op"), exc)
+                reply = {"ok": False, "error": str(exc), "retryable": exc.retryable}
+            except (redis.RedisError, OSError, KeyError, ValueError, TypeError) as exc:
+                log.exception("state agent: %s failed", msg.get("op"))
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                         "retryable": False}
+            try:
+                send_message(sock, reply)
+            except OSError:
+                return
+
+    # --- operations ---
+
+    def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        op = msg.get("op")
+        if op == "status":
+            return {"version": self.state.version, "frozen": self.state.frozen,
+                    "keys": self.state.count(), "sessions": sorted(self.sessions)}
+        if op == "digest":
+            return {"digest": self.state.digest(), "version": self.state.version}
+        if op == "freeze":
+            return {"version": self.state.freeze()}
+        if op == "resume":
+            self.state.resume()
+            return {}
+        if op == "open":
+            return self._open(msg)
+        if op == "snapshot":
+            return self._snapshot(msg)
+        if op == "restore":
+            return self._restore(msg)
+        if op == "close":
+            s = self.sessions.pop(str(msg["move"]), None)
+            if s is not None:
+                s.client.close()
+            return {}
+        raise StateTransferError(f"unknown op {op!r}")
+
+    def _open(self, msg: dict[str, Any]) -> dict[str, Any]:
+        move, role = str(msg["move"]), str(msg["role"])
+        if role not in ("source", "target"):
+            raise StateTransferError(f"role must be source or target, not {role!r}")
+        existing = self.sessions.get(move)
+        if existing is not None and existing.role == role:
+            return {}  # idempotent
+        client = redis.Redis.from_url(str(msg["redis_url"]), socket_timeout=30)
+        codec = FrameCodec(bytes(msg["key"]), move)
+        session = Session(move=move, role=role, codec=codec, client=client)
+        stall = float(msg.get("stall_timeout_s", 30.0))
+        if role == "source":
+            session.sender = Sender(client, move, codec, stall_timeout_s=stall,
+                                    max_inflight=int(msg.get("max_inflight", 64 << 20)))
+        else:
+            session.receiver = Receiver(client, move, codec, stall_timeout_s=stall)
+        self.sessions[move] = session
+        return {}
+
+    def _session(self, msg: dict[str, Any], role: str) -> Session:
+        s = self.sessions.get(str(msg["move"]))
+        if s is None or s.role != role:
+            raise StateTransferError(f"no {role} session for move {msg.get('move')}")
+        return s
+
+    def _snapshot(self, msg: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(msg, "source")
+        assert s.sender is not None
+        rnd, since = int(msg["round"]), int(msg["since"])
+        if self.faults_allowed and msg.get("corrupt_seq"):
+            s.sender.corrupt_seq = s.sender.seq + int(msg["corrupt_seq"])
+        version, written, deleted = self.state.changes_since(since)
+        state = self.state
+
+        def frames() -> Any:
+            for key in written:
+                data = state.encode(key)
+                if data is None:
+                    continue  # deleted meanwhile: its tombstone goes in the next round
+                chunks = split(data)
+                for i, chunk in enumerate(chunks):
+                    yield rnd, PUT, key, i, len(chunks), chunk
+            for key in deleted:
+                yield rnd, DELETE, key, 0, 1, b""
+
+        count, nbytes = s.sender.send(frames())
+        end = msgpack.packb({"round": rnd, "version": version, "frames": count,
+                             "bytes": nbytes, "keys": len(written) + len(deleted)})
+        s.sender.send([(rnd, END, "", 0, 1, bytes(end))])
+        return {"version": version, "frames": count, "bytes": nbytes,
+                "keys": len(written) + len(deleted)}
+
+    def _restore(self, msg: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(msg, "target")
+        assert s.receiver is not None
+        summary = s.receiver.receive_round(int(msg["round"]), put=self.state.decode_apply,
+                                           delete=self.state.apply_delete)
+        return {"version": summary["version"], "frames": summary["frames"],
+                "bytes": summary["bytes"], "keys": summary["keys"]}
+
+
+def directory_agent(root: str, *, socket_path: str) -> Agent:
+    """An agent shipping a directory (see :mod:`state_transfer.directory`)."""
+    return Agent(DirectoryState(root), socket_path=socket_path)
