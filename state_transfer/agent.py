@@ -11,7 +11,7 @@ map. Requests carry ``op``; responses carry ``ok`` and either results or ``error
 - ``restore`` (``move``, ``round``): applies the round's frames; returns the same counts.
 - ``freeze``: stops the application's writes; returns ``version``. ``resume``: lets them go on.
 - ``close`` (``move``): ends the session. ``status``: ``version``, ``frozen``, ``keys``.
-  ``digest``: a digest of the whole state.
+  ``digest`` (``prefix``, optional): a digest of the state (of the keys with that prefix).
 
 The socket is in the pod's own directory, which the node (and, in the lab, the orchestrator on
 the host) can reach; a Kubernetes deployment shares it through a volume.
@@ -64,7 +64,7 @@ class Transferable(Protocol):
 
     def apply_delete(self, key: str) -> None: ...
 
-    def digest(self) -> str: ...
+    def digest(self, prefix: str = "") -> str: ...
 
     def count(self) -> int: ...
 
@@ -103,8 +103,8 @@ class StoreState:
     def apply_delete(self, key: str) -> None:
         self.store.apply_delete(key)
 
-    def digest(self) -> str:
-        return self.store.digest()
+    def digest(self, prefix: str = "") -> str:
+        return self.store.digest(prefix)
 
     def count(self) -> int:
         return len(self.store)
@@ -219,7 +219,8 @@ class Agent:
             return {"version": self.state.version, "frozen": self.state.frozen,
                     "keys": self.state.count(), "sessions": sorted(self.sessions)}
         if op == "digest":
-            return {"digest": self.state.digest(), "version": self.state.version}
+            return {"digest": self.state.digest(str(msg.get("prefix", ""))),
+                    "version": self.state.version}
         if op == "freeze":
             return {"version": self.state.freeze()}
         if op == "resume":

@@ -91,9 +91,9 @@ class DirectoryState:
     def apply_delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def digest(self) -> str:
+    def digest(self, prefix: str = "") -> str:
         h = hashlib.sha256()
-        for key in sorted(self._scan()):
+        for key in sorted(k for k in self._scan() if k.startswith(prefix)):
             h.update(key.encode())
             h.update(self._path(key).read_bytes())
         return h.hexdigest()

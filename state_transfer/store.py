@@ -114,11 +114,12 @@ class StateStore:
             snapshot = list(self._values.items())
         yield from snapshot
 
-    def digest(self) -> str:
-        """A digest of the whole state (keys and values), equal on both sides after a move."""
+    def digest(self, prefix: str = "") -> str:
+        """A digest of the state (keys and values, of the keys starting with ``prefix``),
+        equal on both sides after a move."""
         h = hashlib.sha256()
         with self._lock:
-            for key in sorted(self._values):
+            for key in sorted(k for k in self._values if k.startswith(prefix)):
                 h.update(key.encode())
                 h.update(msgpack.packb(self._values[key], use_bin_type=True))
         return h.hexdigest()

@@ -82,6 +82,7 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 TEST_UNDERLAY = "198.19.0.0/16"  # the demo lab keeps 198.18.0.0/16, so both can be up at once
+STATE_TTL_S = 2  # a move's state keys live this long after it ends, in the test stack
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +100,7 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     plan = topology.plan(topology.load_config(name=name, underlay=TEST_UNDERLAY))
     env_file = tmp_path_factory.mktemp("stack") / "stack.env"
     stack = Stack(plan=plan, redis_port=free_port(), api_port=free_port(), fault_injection=True,
-                  env_file=str(env_file))
+                  env_file=str(env_file), extra_env={"MOBILITY_STATE_TTL_S": str(STATE_TTL_S)})
     try:
         stack.up()
         yield stack

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -77,6 +77,7 @@ class Stack:
     api_port: int = 8470
     fault_injection: bool = False
     env_file: str | None = DEFAULT_ENV_FILE  # where `mobility` finds this stack; None: nowhere
+    extra_env: dict[str, str] = field(default_factory=dict)  # more MOBILITY_* settings
 
     @property
     def run_dir(self) -> Path:
@@ -115,6 +116,7 @@ class Stack:
             MOBILITY_ENV_FILE=os.devnull,
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         env.update(extra)
         return env
 

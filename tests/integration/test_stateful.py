@@ -1,0 +1,176 @@
+"""Stateful moves on the lab: the session service's state over Redis, pre-copy, freeze window.
+
+Aspects: a move carries the state intact (digest equal on both sides) and every session's
+counter continues (no reset, gap or double increment) with no request lost; stop-and-copy
+works too; the target's agent killed in the middle of the transfer rolls the move back with
+the source serving; a corrupted frame rolls the move back, never a silently corrupted target;
+no key of the move's transfer is left once its expiry has passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from mobility import keys
+from mobility.cli.stack import Stack
+from state_transfer.control import AgentClient
+from tests.conftest import STATE_TTL_S
+from tests.integration.test_moves import wait_event, wait_terminal
+
+
+@pytest.fixture
+def api(lab_stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=lab_stack.api_url, timeout=60) as client:
+        yield client
+
+
+class Sessions:
+    """A session service with extra state, and a session client at 1,000 req/s."""
+
+    def __init__(self, api: httpx.Client, stack: Stack, tag: str, *, state_mb: float,
+                 dirty_rate: float = 1.0) -> None:
+        self.api, self.stack = api, stack
+        self.svc, self.client = f"sess-{tag}", f"sclient-{tag}"
+        r = api.post("/v1/services", json={"name": self.svc, "workload": "sessions",
+                                           "cluster": "core",
+                                           "params": {"state_mb": state_mb,
+                                                      "dirty_rate": dirty_rate}})
+        assert r.status_code == 201, r.text
+        r = api.post("/v1/services", json={"name": self.client, "workload": "session-probe",
+                                           "cluster": "core", "peers": [self.svc]})
+        assert r.status_code == 201, r.text
+        self.pod_dir = stack.run_dir / "pods" / r.json()["instance"]["pod"]
+        self.wait_answers(300)
+
+    def progress(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.pod_dir / "progress.json").read_text()))
+        except (FileNotFoundError, ValueError):
+            return {"answered": 0}
+
+    def wait_answers(self, n: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        start = int(self.progress().get("answered", 0))
+        while int(self.progress().get("answered", 0)) < start + n:
+            assert time.monotonic() < deadline, "the session client gets no answers"
+            time.sleep(0.05)
+
+    def instance(self) -> dict[str, Any]:
+        return dict(self.api.get(f"/v1/services/{self.svc}").json()["instance"])
+
+    def agent(self, pod: str) -> AgentClient:
+        return AgentClient(str(self.stack.run_dir / "pods" / pod / "state.sock"))
+
+    def finish(self) -> dict[str, Any]:
+        assert self.api.delete(f"/v1/services/{self.client}").status_code == 204
+        result = dict(json.loads((self.pod_dir / "probe.json").read_text()))
+        assert self.api.delete(f"/v1/services/{self.svc}").status_code == 204
+        return result
+
+
+def assert_clean(result: dict[str, Any]) -> None:
+    assert result["lost"] == 0, result
+    assert result["counters_ok"] is True, result
+    assert result["answered"] == result["sent"] > 1000, result
+
+
+def test_state_arrives_intact_and_counters_continue(api: httpx.Client, lab_stack: Stack) -> None:
+    s = Sessions(api, lab_stack, "ok", state_mb=32, dirty_rate=5)
+    source = s.instance()
+    r = api.post("/v1/moves", json={"service": s.svc, "to_cluster": "edge"})
+    assert r.status_code == 202, r.text
+    move = wait_terminal(api, r.json()["id"])
+    assert move["status"] == "succeeded", move
+    assert move["strategy"] == "precopy" and move["stateful"] is True
+    assert move["precopy_rounds"] >= 2 and move["state_bytes"] > 32 * 2**20
+    assert move["freeze_ms"] is not None and move["freeze_ms"] > 0
+    assert s.instance()["cluster"] == "edge"
+    assert source["pod"] != s.instance()["pod"]
+    with s.agent(s.instance()["pod"]) as agent:
+        status = agent.call("status")
+        assert status["frozen"] is False and status["keys"] >= 512
+    s.wait_answers(500)
+    assert_clean(s.finish())
+
+
+@pytest.mark.parametrize("strategy", ["precopy", "stop-and-copy"])
+def test_digest_equal_on_both_sides(api: httpx.Client, lab_stack: Stack, strategy: str) -> None:
+    s = Sessions(api, lab_stack, strategy[:4], state_mb=16, dirty_rate=0)
+    r = api.post("/v1/moves", json={"service": s.svc, "to_cluster": "edge",
+                                    "strategy": strategy, "faults": ["pause:cutover"]})
+    assert r.status_code == 202, r.text
+    move_id = r.json()["id"]
+    wait_event(api, move_id, "cutover_confirmed", "cutover")
+    move = api.get(f"/v1/moves/{move_id}").json()
+    # in the pause after the cutover both instances exist: the frozen source and the target
+    # (the extra state, "blob:*": the sessions go on changing on the target once it serves)
+    with s.agent(move["source"]["pod"]) as src, s.agent(move["target"]["pod"]) as tgt:
+        assert src.call("status")["frozen"] is True
+        assert tgt.call("status")["frozen"] is False
+        digest = src.call("digest", prefix="blob:")["digest"]
+        assert digest == tgt.call("digest", prefix="blob:")["digest"]
+        assert digest != tgt.call("digest", prefix="nothing")["digest"]
+    move = wait_terminal(api, move_id)
+    assert move["status"] == "succeeded", move
+    assert (move["precopy_rounds"] == 1) == (strategy == "stop-and-copy"), move
+    assert_clean(s.finish())
+
+
+def test_target_killed_mid_transfer_rolls_back_with_source_serving(
+        api: httpx.Client, lab_stack: Stack) -> None:
+    s = Sessions(api, lab_stack, "kill", state_mb=192, dirty_rate=0)
+    source = s.instance()
+    r = api.post("/v1/moves", json={"service": s.svc, "to_cluster": "edge"})
+    move_id = r.json()["id"]
+    wait_event(api, move_id, "phase_started", "sync")
+    target = api.get(f"/v1/moves/{move_id}").json()["target"]
+    meta = json.loads((lab_stack.run_dir / "pods" / target["pod"] / "meta.json").read_text())
+    os.kill(int(meta["pid"]), signal.SIGKILL)
+    move = wait_terminal(api, move_id, timeout=90)
+    assert move["status"] == "rolled_back", move
+    assert "sync" in (move["error"] or "")
+    assert s.instance() == source
+    with s.agent(source["pod"]) as agent:
+        assert agent.call("status")["frozen"] is False
+    s.wait_answers(500)
+    assert_clean(s.finish())
+
+
+@pytest.mark.parametrize("fault", ["corrupt:sync", "corrupt:cutover"])
+def test_corrupted_frame_rolls_back(api: httpx.Client, lab_stack: Stack, fault: str) -> None:
+    s = Sessions(api, lab_stack, f"c{fault[8]}", state_mb=8)
+    source = s.instance()
+    r = api.post("/v1/moves", json={"service": s.svc, "to_cluster": "edge", "faults": [fault]})
+    assert r.status_code == 202, r.text
+    move = wait_terminal(api, r.json()["id"])
+    assert move["status"] == "rolled_back", move
+    assert "authentication failed" in (move["error"] or ""), move["error"]
+    assert s.instance() == source
+    with s.agent(source["pod"]) as agent:
+        assert agent.call("status")["frozen"] is False, "the source must be unfrozen"
+    s.wait_answers(300)
+    assert_clean(s.finish())
+
+
+def test_no_key_of_the_move_outlives_its_expiry(api: httpx.Client, lab_stack: Stack) -> None:
+    s = Sessions(api, lab_stack, "ttl", state_mb=4)
+    r = api.post("/v1/moves", json={"service": s.svc, "to_cluster": "edge"})
+    move = wait_terminal(api, r.json()["id"])
+    assert move["status"] == "succeeded"
+    client = redis.Redis.from_url(lab_stack.redis_url())
+    # right after the move the acknowledgement counter exists, with a TTL at most STATE_TTL_S
+    ttls = [client.ttl(k) for k in keys.state_keys(move["id"]) if client.exists(k)]
+    assert ttls and all(0 < t <= STATE_TTL_S for t in ttls), ttls
+    time.sleep(STATE_TTL_S + 1)
+    left = list(client.scan_iter(match=f"{keys.PREFIX}state:{move['id']}*"))
+    assert left == [], left
+    assert_clean(s.finish())
