@@ -19,11 +19,12 @@ import redis
 from mobility import keys
 from state_transfer.errors import FrameError, StateTransferError
 from state_transfer.frames import END, PUT, Frame, FrameCodec, Reassembler, Sequencer
+from state_transfer.resp import RespWriter
 
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 64 * 1024 * 1024
-BATCH = 32
+BATCH = 64
 TTL_S = 3600
 
 
@@ -32,8 +33,9 @@ class Sender:
 
     def __init__(self, client: redis.Redis, move_id: str, codec: FrameCodec, *,
                  max_inflight: int = MAX_INFLIGHT, stall_timeout_s: float = 30.0,
-                 ttl_s: int = TTL_S) -> None:
+                 ttl_s: int = TTL_S, writer: RespWriter | None = None) -> None:
         self.r = client
+        self.writer = writer  # the fast path for appending frames, when given
         self.move_id = move_id
         self.codec = codec
         self.max_inflight = max_inflight
@@ -48,6 +50,8 @@ class Sender:
         return int(cast(bytes, raw)) if raw else 0
 
     def _wait_room(self) -> None:
+        if self.sent_bytes <= self.max_inflight:
+            return  # cannot be over the cap yet: no need to ask Redis
         if self.sent_bytes - self._acked() <= self.max_inflight:
             return
         deadline = time.monotonic() + self.stall_timeout_s
@@ -61,28 +65,32 @@ class Sender:
     def send(self, frames: Iterable[tuple[int, str, str, int, int, bytes]]) -> tuple[int, int]:
         """Append ``(round, kind, key, chunk, count, payload)`` frames; returns (frames, bytes)."""
         stream = keys.state_frames(self.move_id)
+        if self.writer is None:
+            self.writer = RespWriter.from_client(self.r)
+        name = stream.encode()
         count = nbytes = 0
-        pipe = self.r.pipeline(transaction=False)
-        pending = 0
+        batch: list[list[bytes]] = []
         for rnd, kind, key, chunk, total, payload in frames:
             self.seq += 1
             blob = self.codec.seal(Frame(seq=self.seq, round=rnd, kind=kind, key=key,
                                          chunk=chunk, count=total, payload=payload))
             if self.corrupt_seq == self.seq:
                 blob = blob[:-1] + bytes([blob[-1] ^ 0x01])
-            pipe.xadd(stream, {"f": blob})
+            batch.append([b"XADD", name, b"*", b"f", blob])
             count += 1
             nbytes += len(blob)
             self.sent_bytes += len(blob)
-            pending += 1
-            if pending >= BATCH:
-                pipe.expire(stream, self.ttl_s)
-                pipe.execute()
-                pending = 0
+            if len(batch) >= BATCH:
+                batch.append([b"EXPIRE", name, str(self.ttl_s).encode()])
+                # one batch in flight: Redis works on this one while we read the last replies
+                self.writer.send(batch)
+                self.writer.drain(leave=len(batch))
+                batch = []
                 self._wait_room()
-        if pending:
-            pipe.expire(stream, self.ttl_s)
-            pipe.execute()
+        if batch:
+            batch.append([b"EXPIRE", name, str(self.ttl_s).encode()])
+            self.writer.send(batch)
+        self.writer.drain()
         return count, nbytes
 
 

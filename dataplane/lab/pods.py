@@ -183,6 +183,14 @@ class NodeRuntime:
             # reap our own children so they do not linger as zombies
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)
+        if netlink.namespace_exists(ns):
+            # Delete the pod's VxLAN devices now: a namespace is destroyed asynchronously, and
+            # until then its devices keep their VNIs on this node's VxLAN socket, so a link end
+            # made here again right away (a service moving back) would meet EEXIST.
+            with Netlink(ns) as podnl:
+                for li in podnl.links():
+                    if li.kind == "vxlan":
+                        podnl.delete_link(li.name)
         with Netlink() as nodenl:
             nodenl.delete_link(self._host_ifname(pod))
         netlink.delete_namespace(ns)

@@ -98,7 +98,13 @@ def test_state_arrives_intact_and_counters_continue(api: httpx.Client, lab_stack
     with s.agent(s.instance()["pod"]) as agent:
         status = agent.call("status")
         assert status["frozen"] is False and status["keys"] >= 512
-    s.wait_answers(500)
+    s.wait_answers(300)
+    # and straight back to the node it came from: its old link ends must be gone by now
+    r = api.post("/v1/moves", json={"service": s.svc, "to_cluster": "core"})
+    move = wait_terminal(api, r.json()["id"])
+    assert move["status"] == "succeeded", move
+    assert s.instance()["node"] == source["node"]
+    s.wait_answers(300)
     assert_clean(s.finish())
 
 
