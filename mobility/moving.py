@@ -231,7 +231,9 @@ class Engine:
                 args["corrupt_seq"] = 2
             sent = source.call("snapshot", **args)
         except StateTransferError as exc:
-            target.close()  # unblocks the waiting restore
+            # stop waiting for the target: its agent gives the round up at its stall timeout,
+            # or sooner, when the compensation removes the target
+            target.close()
             t.join(timeout=5)
             raise PhaseFailed(f"state round {rnd}: source: {exc}") from exc
         t.join(timeout=self.settings.state_stall_timeout_s + 5)

@@ -69,8 +69,16 @@ class Transferable(Protocol):
     def count(self) -> int: ...
 
 
+RAW, PACKED = b"\x01", b"\x00"
+
+
 class StoreState:
-    """A :class:`StateStore` seen as a Transferable: values travel as msgpack bytes."""
+    """A :class:`StateStore` seen as a Transferable.
+
+    A value travels as one tag byte and then either the bytes themselves (``bytes`` values,
+    the bulk of most states: packing 64 KiB through msgpack costs several times copying it) or
+    its msgpack encoding (anything else).
+    """
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
@@ -95,10 +103,18 @@ class StoreState:
     def encode(self, key: str) -> bytes | None:
         if key not in self.store:
             return None
-        return bytes(msgpack.packb(self.store.get(key), use_bin_type=True))
+        value = self.store.get(key)
+        if isinstance(value, bytes):
+            return RAW + value
+        return PACKED + bytes(msgpack.packb(value, use_bin_type=True))
 
     def decode_apply(self, key: str, data: bytes) -> None:
-        self.store.apply(key, msgpack.unpackb(data, raw=False))
+        if data[:1] == RAW:
+            self.store.apply(key, bytes(data[1:]))
+        elif data[:1] == PACKED:
+            self.store.apply(key, msgpack.unpackb(data[1:], raw=False))
+        else:
+            raise StateTransferError(f"value of {key!r} has an unknown encoding tag")
 
     def apply_delete(self, key: str) -> None:
         self.store.apply_delete(key)
@@ -150,6 +166,11 @@ class Session:
     sender: Sender | None = None
     receiver: Receiver | None = None
 
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+        self.client.close()
+
 
 class Agent:
     def __init__(self, state: Transferable, *, socket_path: str,
@@ -186,7 +207,7 @@ class Agent:
             self._server.server_close()
             self._server = None
         for s in self.sessions.values():
-            s.client.close()
+            s.close()
         self.sessions.clear()
 
     def _serve(self, sock: socket.socket) -> None:
@@ -235,7 +256,7 @@ class Agent:
         if op == "close":
             s = self.sessions.pop(str(msg["move"]), None)
             if s is not None:
-                s.client.close()
+                s.close()
             return {}
         raise StateTransferError(f"unknown op {op!r}")
 

@@ -45,6 +45,11 @@ class Sender:
         self.sent_bytes = 0
         self.corrupt_seq: int | None = None  # fault injection: flip a byte of this frame
 
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     def _acked(self) -> int:
         raw = self.r.get(keys.state_acked(self.move_id))
         return int(cast(bytes, raw)) if raw else 0

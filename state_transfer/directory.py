@@ -94,8 +94,9 @@ class DirectoryState:
     def digest(self, prefix: str = "") -> str:
         h = hashlib.sha256()
         for key in sorted(k for k in self._scan() if k.startswith(prefix)):
-            h.update(key.encode())
-            h.update(self._path(key).read_bytes())
+            raw_key, data = key.encode(), self._path(key).read_bytes()
+            h.update(len(raw_key).to_bytes(8, "big") + raw_key)
+            h.update(len(data).to_bytes(8, "big") + data)
         return h.hexdigest()
 
     def count(self) -> int:

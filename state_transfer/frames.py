@@ -89,7 +89,7 @@ class FrameCodec:
             sealed = memoryview(blob)[HEADER_LEN.size + size :]
         except (ValueError, TypeError, struct.error, msgpack.UnpackException) as exc:
             raise FrameError(f"undecodable frame: {exc}") from exc
-        if not isinstance(seq, int) or not isinstance(nonce, bytes):
+        if not isinstance(seq, int) or not isinstance(nonce, bytes) or len(nonce) != 12:
             raise FrameError("undecodable frame: bad header fields")
         if version != VERSION or kind not in KINDS:
             raise FrameError(f"frame {seq!r}: unknown version {version!r} or kind {kind!r}")

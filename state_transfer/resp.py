@@ -43,14 +43,18 @@ class RespWriter:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = hiredis.Reader()
         self.unread = 0
-        if u.password:
-            auth = [b"AUTH", unquote(u.password).encode()]
-            if u.username:
-                auth.insert(1, unquote(u.username).encode())
-            self.call(auth)
-        db = (u.path or "/0").lstrip("/") or "0"
-        if db != "0":
-            self.call([b"SELECT", db.encode()])
+        try:
+            if u.password:
+                auth = [b"AUTH", unquote(u.password).encode()]
+                if u.username:
+                    auth.insert(1, unquote(u.username).encode())
+                self.call(auth)
+            db = (u.path or "/0").lstrip("/") or "0"
+            if db != "0":
+                self.call([b"SELECT", db.encode()])
+        except BaseException:
+            self.sock.close()
+            raise
 
     def call(self, args: Sequence[bytes]) -> Any:
         self.drain()
@@ -83,7 +87,9 @@ class RespWriter:
         kw = client.connection_pool.connection_kwargs
         user = kw.get("username") or ""
         password = kw.get("password") or ""
-        cred = f"{quote(user)}:{quote(password)}@" if password else ""
+        if kw.get("path"):
+            raise StateTransferError("the state channel needs Redis over TCP, not a Unix socket")
+        cred = f"{quote(user, safe='')}:{quote(password, safe='')}@" if password else ""
         return cls(f"redis://{cred}{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/"
                    f"{kw.get('db', 0)}")
 

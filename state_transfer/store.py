@@ -8,6 +8,7 @@ last delta taken under the freeze is final.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -50,10 +51,27 @@ class StateStore:
         with self._lock:
             return list(self._values)
 
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """Hold the lock, taken only while the store is not frozen.
+
+        The frozen check is made again under the lock: ``freeze`` clears the flag under it, so
+        a writer that passed the wait just before a freeze cannot land its write after it.
+        """
+        while True:
+            self._thawed.wait()
+            self._lock.acquire()
+            if self._thawed.is_set():
+                break
+            self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def set(self, key: str, value: Any) -> int:
         """Write ``key``; waits while the store is frozen. Returns the new version."""
-        self._thawed.wait()
-        with self._lock:
+        with self._write_lock():
             self._version += 1
             self._values[key] = value
             self._stamp[key] = self._version
@@ -61,8 +79,7 @@ class StateStore:
             return self._version
 
     def delete(self, key: str) -> int:
-        self._thawed.wait()
-        with self._lock:
+        with self._write_lock():
             if key not in self._values:
                 return self._version
             self._version += 1
@@ -120,8 +137,11 @@ class StateStore:
         h = hashlib.sha256()
         with self._lock:
             for key in sorted(k for k in self._values if k.startswith(prefix)):
-                h.update(key.encode())
-                h.update(msgpack.packb(self._values[key], use_bin_type=True))
+                # lengths first, so that no two different states hash the same bytes
+                raw_key = key.encode()
+                value = msgpack.packb(self._values[key], use_bin_type=True)
+                h.update(len(raw_key).to_bytes(8, "big") + raw_key)
+                h.update(len(value).to_bytes(8, "big") + value)
         return h.hexdigest()
 
     def nbytes(self) -> int:
