@@ -26,10 +26,9 @@ import socketserver
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
-import redis
 
 from state_transfer.channel import Receiver, Sender
 from state_transfer.directory import DirectoryState
@@ -37,7 +36,20 @@ from state_transfer.errors import StateTransferError
 from state_transfer.frames import DELETE, END, PUT, FrameCodec, split
 from state_transfer.store import StateStore
 
+if TYPE_CHECKING:
+    import redis
+
 log = logging.getLogger(__name__)
+
+
+def preload() -> threading.Thread:
+    """Import redis-py in the background (it takes about 0.3 s), so that an application can
+    answer before its first transfer session needs it."""
+    import importlib
+
+    t = threading.Thread(target=importlib.import_module, args=("redis",), daemon=True)
+    t.start()
+    return t
 
 HEADER = struct.Struct("!I")
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -124,6 +136,12 @@ class StoreState:
 
     def count(self) -> int:
         return len(self.store)
+
+
+def _redis_error() -> type[Exception]:
+    import redis
+
+    return redis.RedisError
 
 
 def send_message(sock: socket.socket, msg: dict[str, Any]) -> None:
@@ -223,7 +241,7 @@ class Agent:
             except StateTransferError as exc:
                 log.warning("state agent: %s failed: %s", msg.get("op"), exc)
                 reply = {"ok": False, "error": str(exc), "retryable": exc.retryable}
-            except (redis.RedisError, OSError, KeyError, ValueError, TypeError) as exc:
+            except (OSError, KeyError, ValueError, TypeError, _redis_error()) as exc:
                 log.exception("state agent: %s failed", msg.get("op"))
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
                          "retryable": False}
@@ -267,6 +285,8 @@ class Agent:
         existing = self.sessions.get(move)
         if existing is not None and existing.role == role:
             return {}  # idempotent
+        import redis
+
         client = redis.Redis.from_url(str(msg["redis_url"]), socket_timeout=30)
         codec = FrameCodec(bytes(msg["key"]), move)
         session = Session(move=move, role=role, codec=codec, client=client)

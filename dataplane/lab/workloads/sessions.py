@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from state_transfer.agent import Agent, StoreState
+from state_transfer.agent import Agent, StoreState, preload
 from state_transfer.store import StateStore
 
 REQUEST = struct.Struct("!IQ")
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     threading.Thread(target=dirty_loop, args=(store, blobs, args.dirty_rate),
                      daemon=True).start()
+    preload()
     if args.ready_file:
         with open(f"{args.ready_file}.tmp", "w") as fh:
             fh.write(str(os.getpid()))
