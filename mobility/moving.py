@@ -462,9 +462,9 @@ class Engine:
         finally:
             stop.set()
             t.join()
-            # Keep the lease for one more TTL: the next phase's task picks it up from here.
+            # Keep the lease while the next phase's task is on its way; it takes it from here.
             with contextlib.suppress(Exception):
-                self.registry.hold_lease(move_id, token, ttl)
+                self.registry.hold_lease(move_id, token, self.settings.lease_handoff_s)
 
     def _event(self, move_id: str, kind: str, *, phase: Phase | None = None,
                detail: str = "") -> None:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # Fault injection ("fail WIRE on purpose") is for tests and drills; off unless asked for.
     fault_injection: bool = False
     lease_ttl_s: float = Field(default=5.0, gt=0)
+    # After a phase, the lease is held this long for the next phase's task to pick it up: a
+    # Celery hop on a loaded machine can take seconds, and a move must not be taken over then.
+    lease_handoff_s: float = Field(default=30.0, gt=0)
     node_call_timeout_s: float = Field(default=20.0, gt=0)
     ready_timeout_s: float = Field(default=15.0, gt=0)
     event_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
