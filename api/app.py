@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import errors
-from api.routers import clusters, health, moves, services
+from api.routers import chains, clusters, health, moves, services
 from mobility.settings import Settings, get_settings
 from workers.moves import build_engine
 
@@ -18,6 +18,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = engine.registry
     app.state.engine = engine
     errors.install(app)
-    for r in (moves.router, services.router, clusters.router, health.router):
+    for r in (moves.router, services.router, chains.router, clusters.router, health.router):
         app.include_router(r)
     return app

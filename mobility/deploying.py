@@ -11,8 +11,9 @@ import logging
 import re
 from collections.abc import Callable
 
-from mobility import planning, workloads
-from mobility.errors import Conflict, FederationError, Invalid, NotFound
+from mobility import chains, planning, workloads
+from mobility.chains import Chain
+from mobility.errors import Conflict, FederationError, Invalid, MobilityError, NotFound
 from mobility.models import Instance, Link, LinkEnd, Params, Service
 from mobility.ports import Federation, Wiring
 from mobility.registry import Registry
@@ -54,6 +55,13 @@ def _drop_link(link_id: str) -> Callable[[Service], None]:
     return drop
 
 
+def _set_routes(routes: list[dict[str, str]]) -> Callable[[Service], None]:
+    def apply(s: Service) -> None:
+        s.routes = [dict(r) for r in routes]
+
+    return apply
+
+
 class Deployer:
     def __init__(self, *, registry: Registry, federation: Federation, wiring: Wiring,
                  settings: Settings) -> None:
@@ -63,7 +71,14 @@ class Deployer:
         self.settings = settings
 
     def deploy(self, *, name: str, workload: str, params: Params, cluster: str,
-               peers: list[str]) -> Service:
+               peers: list[str], start: bool = True, target: str | None = None,
+               chain: str | None = None) -> Service:
+        """Deploy a service with a link to each peer.
+
+        ``start=False`` leaves the workload unstarted (a chain starts its client once every
+        element has its routes); ``target`` overrides a client's destination (a chain's client
+        sends to the server at the chain's far end, not to its first middlebox).
+        """
         if not NAME.fullmatch(name):
             raise Invalid(f"service name {name!r}: lowercase letters, digits and '-', "
                           "starting with a letter, at most 23 characters")
@@ -98,7 +113,7 @@ class Deployer:
         )
         instance = Instance(cluster=cluster, node=node.name,
                             pod=f"{name}-{self.registry.next_pod_index()}")
-        svc = Service(name=name, workload=workload, params=params)
+        svc = Service(name=name, workload=workload, params=params, chain=chain)
         self.registry.put_service(svc, create=True)
 
         links: list[tuple[Link, Service]] = []
@@ -115,7 +130,8 @@ class Deployer:
                 links.append((link, peer))
             if workload in workloads.CLIENTS:
                 link, peer = links[0]
-                svc.params["target"] = f"{link.peer_of(name).ip}:{peer.params.get('port', 7000)}"
+                svc.params["target"] = target or (
+                    f"{link.peer_of(name).ip}:{peer.params.get('port', 7000)}")
             svc.links = [link.id for link, _ in links]
             self.registry.put_service(svc)
 
@@ -128,8 +144,10 @@ class Deployer:
                 self.wiring.create_end(link=link, service=peer.name, instance=peer.instance,
                                        peer_instance=instance)
                 self.registry.update_service(peer.name, _add_link(link.id))
-            self.federation.start(instance=instance, workload=workload, params=svc.params)
-            self.federation.wait_ready(instance=instance, timeout=self.settings.ready_timeout_s)
+            if start:
+                self.federation.start(instance=instance, workload=workload, params=svc.params)
+                self.federation.wait_ready(instance=instance,
+                                           timeout=self.settings.ready_timeout_s)
         except Exception:
             log.exception("deploying %s failed; undoing", name)
             self._undo(name, instance, links)
@@ -153,6 +171,74 @@ class Deployer:
             self.federation.unplace(instance=instance)
         finally:
             self.registry.delete_service(name)
+
+    def deploy_chain(self, chain: Chain, *, rate: float = 1000.0) -> list[Service]:
+        """Deploy every element, server first, linking each to the next; route the far ends
+        through the chain; start the client last, once every path exists."""
+        chains.validate(chain)
+        if self.registry.get_chain(chain.name) is not None:
+            raise Conflict(f"chain {chain.name!r} already exists")
+        existing = set(self.registry.services())
+        taken = sorted(set(chain.services) & existing)
+        if taken:
+            raise Conflict(f"services {taken} already exist")
+        self.registry.put_chain(chain.to_dict())
+        deployed: list[str] = []
+        try:
+            elements = list(chain.elements)
+            names = chain.services
+            server = elements[-1]
+            self.deploy(name=names[-1], workload=server.workload, params={},
+                        cluster=server.cluster, peers=[], chain=chain.name)
+            deployed.append(names[-1])
+            for i in range(len(elements) - 2, -1, -1):
+                e = elements[i]
+                is_client = i == 0
+                target = None
+                if is_client:
+                    last = self.registry.get_link(f"{names[-2]}.{names[-1]}")
+                    target = f"{last.end_of(names[-1]).ip}:7000"
+                self.deploy(name=names[i], workload=e.workload,
+                            params={"rate": rate} if is_client else {}, cluster=e.cluster,
+                            peers=[names[i + 1]], start=not is_client, target=target,
+                            chain=chain.name)
+                deployed.append(names[i])
+            links = [self.registry.get_link(f"{names[i]}.{names[i + 1]}")
+                     for i in range(len(names) - 1)]
+            for svc_name, rs in chains.routes(names, links).items():
+                svc = self.registry.update_service(svc_name, _set_routes(rs))
+                assert svc.instance is not None
+                self.wiring.set_routes(instance=svc.instance, routes=rs)
+            client = self.registry.get_service(names[0])
+            assert client is not None and client.instance is not None
+            self.federation.start(instance=client.instance, workload=client.workload,
+                                  params=client.params)
+            self.federation.wait_ready(instance=client.instance,
+                                       timeout=self.settings.ready_timeout_s)
+        except Exception:
+            log.exception("deploying chain %s failed; undoing", chain.name)
+            for name in deployed:  # the client first: it is the last deployed
+                try:
+                    self.remove(name)
+                except MobilityError as exc:
+                    log.error("could not remove %s: %s", name, exc)
+            self.registry.delete_chain(chain.name)
+            raise
+        return [s for s in (self.registry.get_service(n) for n in names) if s is not None]
+
+    def remove_chain(self, name: str) -> None:
+        raw = self.registry.get_chain(name)
+        if raw is None:
+            raise NotFound(f"chain {name!r} does not exist")
+        chain = Chain.from_dict(raw)
+        moving = [s.name for s in (self.registry.get_service(n) for n in chain.services)
+                  if s is not None and s.moving]
+        if moving:
+            raise Conflict(f"chain {name!r}: {moving} are moving; wait for the moves to end")
+        for svc in chain.services:  # client first: it stops sending before the rest goes
+            if self.registry.get_service(svc) is not None:
+                self.remove(svc)
+        self.registry.delete_chain(name)
 
     def remove(self, name: str) -> None:
         """Stop a service and remove its links from its peers. Refused while it moves."""

@@ -11,6 +11,7 @@ ACTIVE_MOVES = f"{PREFIX}moves:active"  # set of move ids not yet terminal
 VNI_SEQ = f"{PREFIX}seq:vni"
 LINK_BLOCK_SEQ = f"{PREFIX}seq:linkblock"
 POD_SEQ = f"{PREFIX}seq:pod"
+CHAINS = f"{PREFIX}chains"  # set of chain names
 
 
 def cluster(name: str) -> str:
@@ -19,6 +20,10 @@ def cluster(name: str) -> str:
 
 def service(name: str) -> str:
     return f"{PREFIX}service:{name}"
+
+
+def chain(name: str) -> str:
+    return f"{PREFIX}chain:{name}"
 
 
 def link(link_id: str) -> str:

@@ -145,6 +145,9 @@ class Service:
     instance: Instance | None = None
     links: list[str] = field(default_factory=list)  # link ids
     moving: str | None = None  # id of the move in progress, if any
+    # routes inside the instance: {"dst": CIDR, "via": next hop, "ifname": link interface}
+    routes: list[dict[str, str]] = field(default_factory=list)
+    chain: str | None = None  # the chain this service is an element of
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +157,8 @@ class Service:
             "instance": self.instance.to_dict() if self.instance else None,
             "links": list(self.links),
             "moving": self.moving,
+            "routes": [dict(r) for r in self.routes],
+            "chain": self.chain,
         }
 
     @classmethod
@@ -166,6 +171,8 @@ class Service:
             instance=Instance.from_dict(inst) if inst else None,
             links=list(d.get("links") or []),
             moving=d.get("moving"),
+            routes=[dict(r) for r in d.get("routes") or []],
+            chain=d.get("chain"),
         )
 
 

@@ -151,6 +151,8 @@ class Engine:
         params = dict(svc.params)
         if move.stateful:
             params["restore"] = True  # start empty: the state comes over in SYNC
+        if svc.workload in workloads.PAUSABLE:
+            params["paused"] = True  # a client sends once its links carry its traffic
         self.federation.place(instance=target, workload=svc.workload, params=params,
                               start=True)
         self.federation.wait_ready(instance=target, timeout=self.settings.ready_timeout_s)
@@ -161,6 +163,7 @@ class Engine:
         for link, peer in self._peers(svc):
             self.wiring.create_end(link=link, service=svc.name, instance=target,
                                    peer_instance=peer)
+        self.wiring.set_routes(instance=target, routes=svc.routes)
 
     def _sync(self, move: Move, epoch: int) -> None:
         """Pre-copy rounds while each round's delta shrinks, up to the round cap.
@@ -252,10 +255,15 @@ class Engine:
         target = self._target(move)
         pairs = self._peers(svc)
         frozen_at = time.perf_counter()
+        pausable = svc.workload in workloads.PAUSABLE
         if move.stateful:
             self._final_delta(move, epoch)
+        if pausable and move.source is not None:
+            self.federation.quiesce(instance=move.source)
         for link, peer in pairs:
             self.wiring.switch(link=link, moved=svc.name, peer_instance=peer, to_instance=target)
+        if pausable:
+            self.federation.resume(instance=target)
         if move.stateful:
             freeze_ms = round((time.perf_counter() - frozen_at) * 1000, 2)
 
@@ -397,6 +405,9 @@ class Engine:
         for link, peer in self._peers(svc):
             self.wiring.switch(link=link, moved=svc.name, peer_instance=peer,
                                to_instance=move.source)
+        if svc.workload in workloads.PAUSABLE:
+            # a quiesced client sends again (a no-op when it was never quiesced)
+            self.federation.resume(instance=move.source)
         if move.stateful:
             # unfreeze the source: it serves again, with every write it had
             try:

@@ -19,6 +19,7 @@ Where the objects live, as NSM keeps them:
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from mobility.models import Cluster, Instance, Link
 
 if TYPE_CHECKING:
     from mobility.federation.kubefed import KubeClient
+    from mobility.ports import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ SERVICE_LABEL = "mobility.io/service"
 INSTANCE_LABEL = "mobility.io/instance"
 LINK_LABEL = "mobility.io/link"
 NODE_IP_ANNOTATION = "mobility.io/node-ip"
+IFNAME_ANNOTATION = "mobility.io/ifname"
+ROUTES_ANNOTATION = "mobility.io/routes"
 
 
 def client_annotation(service: str, *, domain: str, ifname: str = "nsm-1") -> str:
@@ -172,7 +176,8 @@ class NsmWiring:
             labels={SERVICE_LABEL: service, INSTANCE_LABEL: instance.pod, LINK_LABEL: ns_name},
             url=f"kernel://{node.underlay_ip}/{mine.ifname}",
             annotations={NODE_IP_ANNOTATION: node.underlay_ip, "mobility.io/mac": mine.mac,
-                         "mobility.io/ip": mine.cidr, "mobility.io/vni": str(link.vni)},
+                         "mobility.io/ip": mine.cidr, "mobility.io/vni": str(link.vni),
+                         IFNAME_ANNOTATION: mine.ifname},
             owner=self._owner(member, service, instance)))
 
         routes = {peer.service: (service, instance.pod),
@@ -235,6 +240,41 @@ class NsmWiring:
         if self.registry.update(self._ns_path(link), reroute) is None:
             raise FederationError(f"link {link.id} has no NetworkService to switch")
 
+    def set_routes(self, *, instance: Instance, routes: list[dict[str, str]]) -> None:
+        """Routes inside the instance (a chain's far ends through its neighbours).
+
+        In NSM these are the connection's IP-context routes that the forwarder installs in
+        the pod; here each link end's endpoint carries the routes through its interface, as
+        JSON ``[{"dst", "via"}]`` in its ``mobility.io/routes`` annotation.
+        """
+        if not routes:
+            return
+        by_ifname: dict[str, list[dict[str, str]]] = {}
+        for r in routes:
+            by_ifname.setdefault(r["ifname"], []).append({"dst": r["dst"], "via": r["via"]})
+        member = self.members(instance.cluster)
+        items = member.request("GET", self._nse_collection(),
+                               query={"labelSelector": f"{INSTANCE_LABEL}={instance.pod}"}
+                               ).get("items") or []
+        ends = {(i["metadata"].get("annotations") or {}).get(IFNAME_ANNOTATION):
+                str(i["metadata"]["name"]) for i in items}
+        for ifname, rs in sorted(by_ifname.items()):
+            name = ends.get(ifname)
+            if name is None:
+                raise FederationError(f"{instance.pod} has no link end on {ifname} to route "
+                                      "through")
+            value = json.dumps(rs, sort_keys=True)
+
+            def annotate(obj: Obj, value: str = value) -> bool:
+                notes = obj["metadata"].setdefault("annotations", {})
+                if notes.get(ROUTES_ANNOTATION) == value:
+                    return False
+                notes[ROUTES_ANNOTATION] = value
+                return True
+
+            if member.update(f"{self._nse_collection()}/{name}", annotate) is None:
+                raise FederationError(f"endpoint {name} vanished while routing", retryable=True)
+
     def points_to(self, *, link: Link, moved: str, peer_instance: Instance) -> str | None:
         """The node address of the endpoint the peer's route selects now, read back."""
         peer = link.peer_of(moved).service
@@ -294,3 +334,9 @@ class NsmWiring:
                                       f"after {self.owner_timeout_s}s to own its endpoint",
                                       retryable=True)
             time.sleep(self.poll_s)
+
+
+if TYPE_CHECKING:  # mypy checks here that the adapter implements the engine's port
+
+    def _is_wiring(adapter: NsmWiring) -> Wiring:
+        return adapter

@@ -35,6 +35,14 @@ class Federation(Protocol):
         """Remove the instance and everything it holds. Idempotent."""
         ...
 
+    def quiesce(self, *, instance: Instance) -> None:
+        """A client workload stops sending and has nothing in flight (before its cutover)."""
+        ...
+
+    def resume(self, *, instance: Instance) -> None:
+        """A quiesced (or paused) client workload sends again."""
+        ...
+
 
 class StateAgent(Protocol):
     def call(self, op: str, **args: Any) -> dict[str, Any]:
@@ -63,6 +71,10 @@ class Wiring(Protocol):
     def switch(self, *, link: Link, moved: str, peer_instance: Instance,
                to_instance: Instance) -> None:
         """On the peer's side of ``link``, send ``moved``'s traffic to ``to_instance``."""
+        ...
+
+    def set_routes(self, *, instance: Instance, routes: list[dict[str, str]]) -> None:
+        """Routes inside the instance (a chain's far ends through its neighbours)."""
         ...
 
     def points_to(self, *, link: Link, moved: str, peer_instance: Instance) -> str | None:

@@ -161,6 +161,28 @@ class Registry:
             p.srem(keys.SERVICES, name)
             p.execute()
 
+    # --- chains ---
+
+    def put_chain(self, chain: dict[str, Any]) -> None:
+        name = str(chain["name"])
+        if not self.r.set(keys.chain(name), pack(chain), nx=True):
+            raise Conflict(f"chain {name!r} already exists")
+        self.r.sadd(keys.CHAINS, name)
+
+    def get_chain(self, name: str) -> dict[str, Any] | None:
+        raw = cast(bytes | None, self.r.get(keys.chain(name)))
+        return dict(unpack(raw)) if raw else None
+
+    def chains(self) -> list[dict[str, Any]]:
+        names = sorted(n.decode() for n in cast(set[bytes], self.r.smembers(keys.CHAINS)))
+        return [c for c in (self.get_chain(n) for n in names) if c is not None]
+
+    def delete_chain(self, name: str) -> None:
+        with self.r.pipeline() as p:
+            p.delete(keys.chain(name))
+            p.srem(keys.CHAINS, name)
+            p.execute()
+
     # --- links and allocations ---
 
     def put_link(self, link: Link) -> None:

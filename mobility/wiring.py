@@ -46,6 +46,11 @@ class AgentWiring:
             "mac": link.end_of(moved).mac, "node_ip": self._node(to_instance).underlay_ip,
         }, timeout=self.call_timeout)
 
+    def set_routes(self, *, instance: Instance, routes: list[dict[str, str]]) -> None:
+        if routes:
+            self.agent.call(self._node(instance), "set_routes",
+                            {"pod": instance.pod, "routes": routes}, timeout=self.call_timeout)
+
     def points_to(self, *, link: Link, moved: str, peer_instance: Instance) -> str | None:
         peer_end = link.peer_of(moved)
         result = self.agent.call(self._node(peer_instance), "fdb_dst", {

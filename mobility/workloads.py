@@ -19,17 +19,21 @@ CATALOGUE: dict[str, dict[str, tuple[type, float, float]]] = {
                  "dirty_rate": (float, 0, 100)},
     "session-probe": {"port": (int, 1, 65535), "rate": (float, 1, 20000),
                       "sessions": (int, 1, 10000), "rto_ms": (float, 1, 10000)},
+    "middlebox": {},
 }
 DEFAULTS: dict[str, Params] = {
     "echo": {"port": 7000},
     "probe": {"port": 7000, "rate": 1000.0, "count": 0},
     "sessions": {"port": 7000, "state_mb": 0.0, "dirty_rate": 0.0},
     "session-probe": {"port": 7000, "rate": 1000.0, "sessions": 16, "rto_ms": 100.0},
+    "middlebox": {},
 }
 # Workloads whose instances hold state that a move must carry over (the SYNC phase).
 STATEFUL = frozenset({"sessions"})
 # Workloads that send to exactly one peer service.
 CLIENTS = frozenset({"probe", "session-probe"})
+# Clients that can pause and resume, so that moving them loses nothing.
+PAUSABLE = frozenset({"probe"})
 
 
 def check(workload: str, params: Params) -> Params:

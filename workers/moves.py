@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import chain
 
+from mobility.chains import Chain
 from mobility.deploying import Deployer
 from mobility.errors import Conflict, Invalid, MobilityError, NotFound
 from mobility.federation.lab import LabFederation, LabStateAgents
@@ -164,6 +165,27 @@ def deploy(spec: dict[str, Any]) -> dict[str, Any]:
     except MobilityError as exc:
         return _error(exc)
     return {"ok": True, "service": svc.to_dict()}
+
+
+@app.task(name="chains.deploy", soft_time_limit=300)
+def deploy_chain(spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        chain = Chain.from_dict(spec)
+        services = deployer().deploy_chain(chain, rate=float(spec.get("rate", 1000.0)))
+    except MobilityError as exc:
+        return _error(exc)
+    except (KeyError, TypeError, ValueError) as exc:
+        return {"ok": False, "kind": "invalid", "error": f"malformed chain: {exc}"}
+    return {"ok": True, "services": [s.to_dict() for s in services]}
+
+
+@app.task(name="chains.remove", soft_time_limit=300)
+def remove_chain(name: str) -> dict[str, Any]:
+    try:
+        deployer().remove_chain(name)
+    except MobilityError as exc:
+        return _error(exc)
+    return {"ok": True}
 
 
 @app.task(name="services.remove", soft_time_limit=120)

@@ -104,6 +104,21 @@ def fdb_dst(rt: NodeRuntime, a: dict[str, Any]) -> Any:
     return rt.fdb_dst(pod=a["pod"], ifname=a["ifname"], mac=a["mac"])
 
 
+@_task("set_routes")
+def set_routes(rt: NodeRuntime, a: dict[str, Any]) -> Any:
+    rt.set_routes(pod=a["pod"], routes=list(a["routes"]))
+
+
+@_task("quiesce")
+def quiesce(rt: NodeRuntime, a: dict[str, Any]) -> Any:
+    rt.quiesce(pod=a["pod"])
+
+
+@_task("resume")
+def resume(rt: NodeRuntime, a: dict[str, Any]) -> Any:
+    rt.resume(pod=a["pod"])
+
+
 @_task("ping")
 def ping(rt: NodeRuntime, a: dict[str, Any]) -> Any:
     return {"node": rt.node.queue_id, "pid": os.getpid()}

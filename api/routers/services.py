@@ -31,6 +31,7 @@ def _out(registry: Registry, svc: Service) -> ServiceOut:
 
 
 def _run(task: Any, *args: Any) -> dict[str, Any]:
+    """Run a task on the orchestration worker and wait; its error kinds map to HTTP."""
     result = task.apply_async(args=list(args))
     try:
         answer: dict[str, Any] = result.get(timeout=DEPLOY_TIMEOUT_S)

@@ -41,11 +41,17 @@ def workload_argv(workload: str, params: dict[str, Any], pod_dir: Path) -> list[
         return [sys.executable, "-m", "dataplane.lab.workloads.echo",
                 "--port", str(int(params.get("port", 7000))), "--ready-file", ready]
     if workload == "probe":
-        return [sys.executable, "-m", "dataplane.lab.workloads.probe",
+        argv = [sys.executable, "-m", "dataplane.lab.workloads.probe",
                 "--target", str(params["target"]), "--rate", str(float(params.get("rate", 1000))),
                 "--count", str(int(params.get("count", 0))),
                 "--out", str(pod_dir / "probe.json"), "--progress", str(pod_dir / "progress.json"),
-                "--ready-file", ready]
+                "--paused-file", str(pod_dir / "paused"), "--ready-file", ready]
+        if params.get("paused"):
+            argv.append("--paused")
+        return argv
+    if workload == "middlebox":
+        return [sys.executable, "-m", "dataplane.lab.workloads.middlebox",
+                "--flows", str(pod_dir / "flows.json"), "--ready-file", ready]
     if workload == "sessions":
         argv = [sys.executable, "-m", "dataplane.lab.workloads.sessions",
                 "--port", str(int(params.get("port", 7000))),
@@ -237,6 +243,33 @@ class NodeRuntime:
             self._drop_handle(ns)
             links.switch(pod_namespace=ns, ifname=ifname, mac=mac, node_ip=node_ip,
                          netlink=self._handle(ns))
+
+    def set_routes(self, *, pod: str, routes: list[dict[str, str]]) -> None:
+        """Routes of a chain element: the chain's far ends through the neighbouring element."""
+        with Netlink(self.plan.pod_namespace(pod)) as nl:
+            for r in routes:
+                nl.set_route(r["dst"], gateway=r["via"], dev=r["ifname"])
+
+    def _signal_workload(self, pod: str, sig: signal.Signals) -> int:
+        meta = self._meta(pod)
+        if meta is None or not meta.get("pid") or not is_running(int(meta["pid"])):
+            raise DataplaneError(f"pod {pod} runs no workload on {self.node.queue_id}")
+        os.kill(int(meta["pid"]), sig)
+        return int(meta["pid"])
+
+    def quiesce(self, *, pod: str, timeout: float = 2.0) -> None:
+        """Ask a client workload to stop sending and wait until nothing is in flight."""
+        paused = self.pod_dir(pod) / "paused"
+        paused.unlink(missing_ok=True)
+        self._signal_workload(pod, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while not paused.exists():
+            if time.monotonic() > deadline:
+                raise DataplaneError(f"pod {pod}: the client did not pause within {timeout} s")
+            time.sleep(0.002)
+
+    def resume(self, *, pod: str) -> None:
+        self._signal_workload(pod, signal.SIGUSR2)
 
     def fdb_dst(self, *, pod: str, ifname: str, mac: str) -> str | None:
         return links.current_node(pod_namespace=self.plan.pod_namespace(pod), ifname=ifname,

@@ -146,3 +146,77 @@ def run(*, plan: LabPlan, api_url: str, to_cluster: str = "edge", from_cluster: 
             counters_ok=probe["counters_ok"], probes_retransmitted=probe["retransmits"],
             sessions=probe["sessions"])
     return summary
+
+
+CHAIN = "demo"
+DEFAULT_CHAIN = (("client", "probe", "core"), ("fw", "middlebox", "core"),
+                 ("nat", "middlebox", "edge"), ("server", "echo", "edge"))
+
+
+def _merge_probes(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One client's results across its instances (a moved client has two)."""
+    return {
+        "sent": sum(int(r["sent"]) for r in results),
+        "lost": sum(int(r["lost"]) for r in results),
+        "duplicated": sum(int(r["duplicated"]) for r in results),
+        "max_gap_ms": max(float(r["max_gap_ms"]) for r in results),
+        "rtt_us_p50": results[-1]["rtt_us_p50"],
+    }
+
+
+def run_chain(*, plan: LabPlan, api_url: str, move: str | None = None, rate: float = 1000.0,
+              settle_s: float = 1.0, on_event: Callable[[dict[str, Any]], None] = lambda _: None,
+              say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Build the default chain across both clusters, move one element under the probe."""
+    names = [e[0] for e in DEFAULT_CHAIN]
+    move = move or names[1]
+    if move not in names:
+        raise DemoError(f"--move {move!r}: the chain's elements are {', '.join(names)}")
+    with httpx.Client(base_url=api_url, timeout=300) as api:
+        if api.get(f"/v1/chains/{CHAIN}").status_code == 200:
+            _check(api.delete(f"/v1/chains/{CHAIN}"), "removing the previous demo chain")
+        remove_demo_services(api)
+        say("deploying the chain " + " -> ".join(f"{n} ({w}, {c})" for n, w, c in DEFAULT_CHAIN))
+        chain = _check(api.post("/v1/chains", json={
+            "name": CHAIN, "rate": rate,
+            "elements": [{"name": n, "workload": w, "cluster": c}
+                         for n, w, c in DEFAULT_CHAIN]}), "deploying the chain")
+        services = chain["services"]
+        client = _check(api.get(f"/v1/services/{services[0]}"), "reading the client")
+        pod_dirs = [plan.run_dir / "pods" / client["instance"]["pod"]]
+        wait_probe(pod_dirs[0] / "progress.json", received=int(rate // 4), timeout=15)
+
+        svc = f"{CHAIN}-{move}"
+        current = _check(api.get(f"/v1/services/{svc}"), f"reading {svc}")["instance"]
+        to_cluster = "edge" if current["cluster"] == "core" else "core"
+        say(f"moving {move} ({svc}) {current['cluster']} -> {to_cluster}")
+        m = _check(api.post("/v1/moves", json={"service": svc, "to_cluster": to_cluster}),
+                   "requesting the move")
+        follow_events(api, m["id"], on_event)
+        m = _check(api.get(f"/v1/moves/{m['id']}"), "reading the move")
+        time.sleep(settle_s)
+        if move == names[0] and m["status"] == "succeeded":
+            moved = _check(api.get(f"/v1/services/{svc}"), "reading the client")
+            pod_dirs.append(plan.run_dir / "pods" / moved["instance"]["pod"])
+        where = _check(api.get(f"/v1/services/{svc}"), f"reading {svc}")["instance"]
+        say("removing the chain (the client first)")
+        _check(api.delete(f"/v1/chains/{CHAIN}"), "removing the chain")
+        probe = _merge_probes([json.loads((d / "probe.json").read_text()) for d in pod_dirs])
+    return {
+        "move_id": m["id"],
+        "status": m["status"],
+        "total_ms": m["total_ms"],
+        "phases": m["phase_ms"],
+        "probes_sent": probe["sent"],
+        "probes_lost": probe["lost"],
+        "probes_duplicated": probe["duplicated"],
+        "probe_max_gap_ms": probe["max_gap_ms"],
+        "probe_rtt_us_p50": probe["rtt_us_p50"],
+        "probe_rate": rate,
+        "from_cluster": m["from_cluster"],
+        "to_cluster": m["to_cluster"],
+        "service_now_at": f"{where['cluster']}/{where['node']}/{where['pod']}",
+        "error": m["error"],
+        "chain": names,
+        "moved": move,
+    }

@@ -159,12 +159,19 @@ def demo(
     dirty_rate: Annotated[float, typer.Option(
         help="percent of the extra state rewritten per second")] = 1.0,
     strategy: Annotated[str, typer.Option(help="precopy or stop-and-copy")] = "precopy",
+    chain: Annotated[bool, typer.Option(
+        help="a chain client -> fw -> nat -> server across both clusters")] = False,
+    move_element: Annotated[str | None, typer.Option(
+        "--move", help="the chain element to move (default: the first middlebox)")] = None,
 ) -> None:
     """A live move on the local lab: echo service core -> edge under a 1,000 req/s probe.
 
     With --stateful, the session service (its state over Redis, pre-copy, a short freeze) and a
     client that checks every session's counter continues across the move.
     """
+    if move_element is not None and not chain:
+        err.print("[red]--move names a chain element: use it with --chain[/]")
+        raise typer.Exit(2)
     if strategy not in ("precopy", "stop-and-copy"):
         err.print("[red]--strategy must be precopy or stop-and-copy[/]")
         raise typer.Exit(2)
@@ -189,11 +196,15 @@ def demo(
                       "cutover_confirmed": "magenta", "status": "yellow"}.get(ev["kind"], "white")
             out.print(f"{t}  [{colour}]{ev['kind']:<18}[/] {phase:<8} {ev.get('detail', '')}")
 
-        summary = demo_mod.run(
-            plan=plan, api_url=stack.api_url, to_cluster=to, from_cluster=source, rate=rate,
-            on_event=on_event, say=say,
-            stateful=demo_mod.Stateful(state_mb=state_mb, dirty_rate=dirty_rate,
-                                       strategy=strategy) if stateful else None)
+        if chain:
+            summary = demo_mod.run_chain(plan=plan, api_url=stack.api_url, move=move_element,
+                                         rate=rate, on_event=on_event, say=say)
+        else:
+            summary = demo_mod.run(
+                plan=plan, api_url=stack.api_url, to_cluster=to, from_cluster=source,
+                rate=rate, on_event=on_event, say=say,
+                stateful=demo_mod.Stateful(state_mb=state_mb, dirty_rate=dirty_rate,
+                                           strategy=strategy) if stateful else None)
     except (StackError, demo_mod.DemoError, httpx.HTTPError) as exc:
         err.print(f"[red]demo failed:[/] {exc}")
         raise typer.Exit(1) from exc
@@ -219,6 +230,9 @@ def demo(
             table.add_row("counters continue (no reset, gap, double)",
                           str(summary["counters_ok"]))
             table.add_row("retransmitted by the client", str(summary["probes_retransmitted"]))
+        if chain:
+            table.add_row("chain", " -> ".join(summary["chain"]))
+            table.add_row("element moved", summary["moved"])
         table.add_row("moved", f"{summary['from_cluster']} -> {summary['to_cluster']}")
         table.add_row("service now at", summary["service_now_at"])
         out.print(table)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mobility.errors import FederationError
 from mobility.federation.kubefed import (
@@ -32,6 +33,9 @@ from mobility.federation.kubefed import (
 )
 from mobility.models import Instance, Params
 from mobility.nsm import client_annotation
+
+if TYPE_CHECKING:
+    from mobility.ports import Federation
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +214,19 @@ class KarmadaFederation:
             return None
         return f"no status from {cluster} yet"
 
+    def quiesce(self, *, instance: Instance) -> None:
+        """Not possible here: pausing reaches the member's pods, which Karmada keeps to itself.
+
+        Through Karmada the only lever would be the pod template, and changing it restarts
+        the instance; so a client workload cannot be moved through this adapter.
+        """
+        raise FederationError(f"cannot quiesce {instance.pod}: the Karmada adapter does not "
+                              "reach member clusters' pods")
+
+    def resume(self, *, instance: Instance) -> None:
+        """See :meth:`quiesce`; a no-op for an instance that was never paused by us."""
+        log.info("resume %s: nothing to do through Karmada", instance.pod)
+
     def unplace(self, *, instance: Instance) -> None:
         """Take the cluster out of the policies; the last instance takes them all. Idempotent.
 
@@ -279,3 +296,9 @@ class KarmadaFederation:
             "GET", self._pp_path(),
             query={"labelSelector": f"{MANAGED_BY[0]}={MANAGED_BY[1]}"}).get("items") or []
         return {str(i["metadata"]["name"]): _cluster_names(i) for i in items}
+
+
+if TYPE_CHECKING:  # mypy checks here that the adapter implements the engine's port
+
+    def _is_federation(adapter: KarmadaFederation) -> Federation:
+        return adapter

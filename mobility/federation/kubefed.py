@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import urllib3
 import yaml
@@ -52,6 +52,9 @@ from mobility.errors import FederationError
 from mobility.models import Cluster, Instance, Node, Params
 from mobility.nsm import client_annotation
 
+if TYPE_CHECKING:
+    from mobility.ports import Federation
+
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
@@ -63,6 +66,7 @@ SERVICE_LABEL = "mobility.io/service"
 INSTANCE_LABEL = "mobility.io/instance"
 STANDBY_ANNOTATION = "mobility.io/standby"
 NODE_ANNOTATION = "mobility.io/node"
+PAUSED_ANNOTATION = "mobility.io/paused"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "service-mobility")
 NSM_ANNOTATION = "networkservicemesh.io"
 TOKEN_KEY = "token"
@@ -82,7 +86,7 @@ class KubeError(FederationError):
     """The API server answered with an error status; ``status`` and ``reason`` say which."""
 
     def __init__(self, message: str, *, status: int, reason: str) -> None:
-        retryable = status in (409, 429) or status >= 500
+        retryable = (status == 409 and reason != "AlreadyExists") or status == 429 or status >= 500
         super().__init__(message, retryable=retryable)
         self.status = status
         self.reason = reason
@@ -135,7 +139,7 @@ class KubeClient:
             doc = dict(kubeconfig)
         else:
             try:
-                doc = yaml.safe_load(Path(kubeconfig).read_text())
+                doc = yaml.safe_load(Path(kubeconfig).expanduser().read_text())
             except (OSError, yaml.YAMLError) as e:
                 raise FederationError(f"cannot read kubeconfig {kubeconfig}: {e}") from e
         cfg = Configuration()
@@ -677,6 +681,10 @@ class KubeFedFederation:
         cluster = instance.cluster
         self._ensure_namespace(cluster)
         annotation = client_annotation(service, domain=self.domain)
+        existing = self.host.get(self._fd_path(service))
+        if existing is not None and existing["metadata"].get("deletionTimestamp"):
+            self.host.wait_gone(self._fd_path(service), timeout=self.removal_timeout_s,
+                                poll_s=self.poll_s)  # the service's previous life, going
 
         def add(obj: Obj) -> bool:
             names = placement_clusters(obj)
@@ -766,7 +774,14 @@ class KubeFedFederation:
             time.sleep(self.poll_s)
 
     def _not_ready(self, service: str, instance: Instance, *, timeout: float) -> str | None:
-        """What keeps the instance from being ready, or None when it is."""
+        """What keeps the instance from being ready, or None when it is.
+
+        KubeFed must have reconciled the current generation and propagated to the cluster at
+        least once; after that the member is the judge. A propagation error KubeFed reports
+        for the cluster (say UpdateFailed after a 409 with the member's own controllers, which
+        KubeFed retries) does not make a serving instance unready; it is named only when the
+        member shows the instance is not serving.
+        """
         fd = self.host.get(self._fd_path(service), timeout=timeout)
         if fd is None:
             return f"FederatedDeployment {service} does not exist"
@@ -777,8 +792,18 @@ class KubeFedFederation:
                       if c.get("name") == instance.cluster), None)
         if entry is None:
             return f"KubeFed reports no propagation to {instance.cluster}"
-        if entry.get("status"):
-            return f"KubeFed propagation to {instance.cluster}: {entry['status']}"
+        kubefed = str(entry.get("status") or "")
+        problem = self._member_not_ready(service, instance, timeout=timeout)
+        if problem is not None and kubefed:
+            return f"{problem} (KubeFed reports {kubefed} for {instance.cluster})"
+        if problem is None and kubefed:
+            log.debug("%s serves in %s although KubeFed reports %s (it retries)",
+                      instance.pod, instance.cluster, kubefed)
+        return problem
+
+    def _member_not_ready(self, service: str, instance: Instance, *,
+                          timeout: float) -> str | None:
+        """The member's view: this instance's Deployment, caught up, with a serving pod."""
         member = self.member(instance.cluster)
         dep = member.get(self._deployment_path(service), timeout=timeout)
         if dep is None:
@@ -803,6 +828,38 @@ class KubeFedFederation:
                     and not pod["metadata"].get("deletionTimestamp")):
                 return None
         return f"no Running and Ready pod of {instance.pod} in {instance.cluster}"
+
+    def quiesce(self, *, instance: Instance) -> None:
+        """Ask a client instance to stop sending: ``mobility.io/paused: "true"`` on its pods.
+
+        A container cannot be signalled through the API, so the pause travels as a pod
+        annotation, which the workload sees through a downward-API volume (the kubelet
+        refreshes it). That nothing is left in flight is the workload's promise; on KWOK no
+        process runs, so only the annotation is checked (tested).
+        """
+        self._annotate_pods(instance, PAUSED_ANNOTATION, "true")
+
+    def resume(self, *, instance: Instance) -> None:
+        """Let a quiesced (or paused-at-start) client instance send again."""
+        self._annotate_pods(instance, PAUSED_ANNOTATION, "false")
+
+    def _annotate_pods(self, instance: Instance, key: str, value: str) -> None:
+        member = self.member(instance.cluster)
+        base = f"/api/v1/namespaces/{self.namespace}/pods"
+        pods = member.request("GET", base, query={
+            "labelSelector": f"{INSTANCE_LABEL}={instance.pod}"}).get("items") or []
+        if not pods:
+            raise FederationError(f"no pod of {instance.pod} in {instance.cluster}",
+                                  retryable=True)
+        for pod in pods:
+            def note(obj: Obj) -> bool:
+                notes = obj["metadata"].setdefault("annotations", {})
+                if notes.get(key) == value:
+                    return False
+                notes[key] = value
+                return True
+
+            member.update(f"{base}/{pod['metadata']['name']}", note)
 
     def unplace(self, *, instance: Instance) -> None:
         """Take the instance's cluster out of the FederatedDeployment. Idempotent.
@@ -857,9 +914,9 @@ class KubeFedFederation:
             log.warning("%s: removal from %s left to KubeFed (member unreachable): %s",
                         instance.pod, cluster, e)
             return
-        if last:  # KubeFed's finalizer lets go once the members are clean
-            self.host.wait_gone(self._fd_path(service), timeout=self.removal_timeout_s,
-                                poll_s=self.poll_s)
+        # A deleted FederatedDeployment lingers until KubeFed's recheck lets its finalizer go
+        # (about 10 s later); the member is clean already, so that is not waited for here
+        # (place() waits for it when the same service comes back before then).
 
     def _wait_removed(self, member: KubeClient, service: str, instance: Instance) -> None:
         deadline = time.monotonic() + self.removal_timeout_s
@@ -928,3 +985,9 @@ def write_kubeconfig(path: Path, *, clusters: Mapping[str, tuple[str, str, bytes
         yaml.safe_dump(copy.deepcopy(doc), fh)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+if TYPE_CHECKING:  # mypy checks here that the adapter implements the engine's port
+
+    def _is_federation(adapter: KubeFedFederation) -> Federation:
+        return adapter

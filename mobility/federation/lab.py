@@ -42,6 +42,14 @@ class LabFederation:
         self.agent.call(self._node(instance), "delete_pod", {"pod": instance.pod},
                         timeout=self.call_timeout)
 
+    def quiesce(self, *, instance: Instance) -> None:
+        self.agent.call(self._node(instance), "quiesce", {"pod": instance.pod},
+                        timeout=self.call_timeout)
+
+    def resume(self, *, instance: Instance) -> None:
+        self.agent.call(self._node(instance), "resume", {"pod": instance.pod},
+                        timeout=self.call_timeout)
+
 
 class LabStateAgents:
     """State agents of lab pods: a Unix socket in each pod's directory, reachable from the host.

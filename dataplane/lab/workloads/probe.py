@@ -50,12 +50,18 @@ class Probe:
         self.first_reply = 0.0
         self.stop_sending = threading.Event()
         self.stop_receiving = threading.Event()
+        self.sending = threading.Event()  # cleared while paused (the instance is moving)
+        self.sending.set()
 
     def send_loop(self) -> None:
         next_at = time.monotonic()
         while not self.stop_sending.is_set():
             if self.count and self.sent >= self.count:
                 return
+            if not self.sending.is_set():
+                self.sending.wait(0.05)
+                next_at = time.monotonic()
+                continue
             now = time.monotonic()
             if now < next_at:
                 time.sleep(min(next_at - now, 0.01))
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--progress")
     parser.add_argument("--ready-file")
+    parser.add_argument("--paused", action="store_true",
+                        help="start paused: a moved client sends once its links carry traffic")
+    parser.add_argument("--paused-file", help="written once paused with nothing in flight")
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
     if args.rate <= 0:
@@ -129,6 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
+    pause_asked = threading.Event()
+    # SIGUSR1: stop sending and report when nothing is in flight (before a cutover moves this
+    # client's traffic elsewhere); SIGUSR2: send again.
+    def pause(*_: object) -> None:
+        probe.sending.clear()
+        pause_asked.set()
+
+    def go_on(*_: object) -> None:
+        probe.sending.set()
+
+    signal.signal(signal.SIGUSR1, pause)
+    signal.signal(signal.SIGUSR2, go_on)
+    if args.paused:
+        probe.sending.clear()
     sender = threading.Thread(target=probe.send_loop, daemon=True)
     receiver = threading.Thread(target=probe.receive_loop, daemon=True)
     receiver.start()
@@ -139,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(f"{args.ready_file}.tmp", args.ready_file)
     started = time.monotonic()
     while not done.is_set():
-        done.wait(0.2)
+        done.wait(0.01 if pause_asked.is_set() else 0.2)
+        if pause_asked.is_set():
+            deadline = time.monotonic() + 0.2
+            while probe.received + probe.duplicated < probe.sent and time.monotonic() < deadline:
+                time.sleep(0.002)
+            pause_asked.clear()
+            if args.paused_file:
+                write_atomic(args.paused_file, probe.summary())
         if args.progress:
             write_atomic(args.progress, probe.summary())
         if args.duration and time.monotonic() - started >= args.duration:

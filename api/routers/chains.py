@@ -1,0 +1,77 @@
+"""/v1/chains: service chains (client -> middleboxes -> server) deployed as one."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import RegistryDep
+from api.routers.services import _run
+from api.schemas import Name
+from mobility.errors import NotFound
+from workers import moves as tasks
+
+router = APIRouter(prefix="/v1/chains", tags=["chains"])
+
+ElementName = Annotated[str, Field(min_length=1, max_length=11, pattern=r"^[a-z][a-z0-9-]*$")]
+
+
+class ElementSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: ElementName
+    workload: Annotated[str, Field(pattern=r"^(probe|middlebox|echo)$")]
+    cluster: Name
+
+
+class ChainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: ElementName
+    elements: list[ElementSpec] = Field(min_length=2, max_length=8)
+    rate: float = Field(default=1000.0, gt=0, le=20000)
+
+
+class ChainOut(BaseModel):
+    name: str
+    elements: list[ElementSpec]
+    services: list[str]
+
+
+def _out(raw: dict[str, object]) -> ChainOut:
+    elements = [ElementSpec.model_validate(e) for e in raw["elements"]]  # type: ignore[attr-defined]
+    name = str(raw["name"])
+    return ChainOut(name=name, elements=elements,
+                    services=[f"{name}-{e.name}" for e in elements])
+
+
+@router.post("", status_code=201)
+def create_chain(body: ChainRequest, registry: RegistryDep) -> ChainOut:
+    _run(tasks.deploy_chain, body.model_dump())
+    raw = registry.get_chain(body.name)
+    if raw is None:
+        raise NotFound(f"chain {body.name!r} was deployed but is not in the registry")
+    return _out(raw)
+
+
+@router.get("")
+def list_chains(registry: RegistryDep) -> list[ChainOut]:
+    return [_out(c) for c in registry.chains()]
+
+
+@router.get("/{name}")
+def get_chain(name: str, registry: RegistryDep) -> ChainOut:
+    raw = registry.get_chain(name)
+    if raw is None:
+        raise NotFound(f"chain {name!r} does not exist")
+    return _out(raw)
+
+
+@router.delete("/{name}", status_code=204)
+def delete_chain(name: str, registry: RegistryDep) -> Response:
+    if registry.get_chain(name) is None:
+        raise NotFound(f"chain {name!r} does not exist")
+    _run(tasks.remove_chain, name)
+    return Response(status_code=204)
