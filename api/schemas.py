@@ -96,11 +96,17 @@ class ServiceOut(BaseModel):
     instance: InstanceOut | None
     moving: str | None
     links: list[LinkOut]
+    chain: str | None = None
+    health: dict[str, Any] | None = Field(
+        default=None, description="path health from the node agent's last check (None: none "
+                                  "in the last 10 s)")
 
     @classmethod
-    def of(cls, s: Service, links: list[LinkOut]) -> ServiceOut:
+    def of(cls, s: Service, links: list[LinkOut],
+           health: dict[str, Any] | None = None) -> ServiceOut:
         return cls(name=s.name, workload=s.workload, params=dict(s.params),
-                   instance=InstanceOut.of(s.instance), moving=s.moving, links=links)
+                   instance=InstanceOut.of(s.instance), moving=s.moving, links=links,
+                   chain=s.chain, health=health)
 
 
 class NodeOut(BaseModel):

@@ -357,6 +357,24 @@ class Netlink:
             self._ip.fdb("replace", ifindex=idx, lladdr=mac, dst=dst,
                          state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
 
+    def has_neighbour(self, ifname: str, *, ip: str, mac: str) -> bool:
+        """A permanent neighbour entry ``ip -> mac`` exists on the interface."""
+        idx = self.index(ifname)
+        with _mapped(f"read neighbours of {ifname}"):
+            msgs = list(self._ip.get_neighbours(family=2, ifindex=idx))
+        return any(m.get("NDA_DST") == ip and str(m.get("NDA_LLADDR", "")).lower() == mac.lower()
+                   and m["state"] & NUD_PERMANENT for m in msgs)
+
+    def delete_neighbour(self, ifname: str, *, ip: str) -> None:
+        idx = self.index(ifname)
+        with _mapped(f"delete neighbour {ip} on {ifname}"):
+            self._ip.neigh("del", ifindex=idx, dst=ip)
+
+    def delete_fdb(self, ifname: str, *, mac: str, dst: str) -> None:
+        idx = self.index(ifname)
+        with _mapped(f"delete fdb {mac} on {ifname}"):
+            self._ip.fdb("del", ifindex=idx, lladdr=mac, dst=dst)
+
     def fdb(self, ifname: str) -> list[FdbEntry]:
         idx = self.index(ifname)
         with _mapped(f"read fdb of {ifname}"):

@@ -245,9 +245,19 @@ class Deployer:
         svc = self.registry.get_service(name)
         if svc is None:
             raise NotFound(f"service {name!r} does not exist")
-        if svc.moving:
+        owner = f"removal-of-{name}"
+        if svc.moving or not self.registry.take_lock(name, owner):
             raise Conflict(f"service {name!r} is moving (move {svc.moving}); abort the move or "
                            "wait for it to end")
+        # Holding the lock keeps node agents' reconcilers off this service and its peers'
+        # ends towards it while they are taken apart.
+        try:
+            self._remove(svc)
+        finally:
+            self.registry.release_lock(name, owner)
+
+    def _remove(self, svc: Service) -> None:
+        name = svc.name
         links = [(link, self.registry.get_service(link.peer_of(name).service))
                  for link in self.registry.links_of(svc)]
         if svc.instance is not None:

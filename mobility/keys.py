@@ -42,6 +42,11 @@ def move_lease(move_id: str) -> str:
     return f"{PREFIX}lease:move:{move_id}"
 
 
+def service_health(name: str) -> str:
+    """Path health of a service's instance, as its node agent last saw it (expires)."""
+    return f"{PREFIX}health:{name}"
+
+
 def service_lock(name: str) -> str:
     return f"{PREFIX}lock:service:{name}"
 

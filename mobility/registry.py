@@ -161,6 +161,15 @@ class Registry:
             p.srem(keys.SERVICES, name)
             p.execute()
 
+    # --- health ---
+
+    def put_health(self, service: str, health: dict[str, Any], *, ttl_s: int) -> None:
+        self.r.set(keys.service_health(service), pack(health), ex=ttl_s)
+
+    def get_health(self, service: str) -> dict[str, Any] | None:
+        raw = cast(bytes | None, self.r.get(keys.service_health(service)))
+        return dict(unpack(raw)) if raw else None
+
     # --- chains ---
 
     def put_chain(self, chain: dict[str, Any]) -> None:
@@ -277,6 +286,13 @@ class Registry:
         self.r.srem(keys.ACTIVE_MOVES, move_id)
         self.r.delete(keys.move_lease(move_id))
         return move
+
+    def take_lock(self, service: str, owner: str) -> bool:
+        """Take a service's lock for work other than a move (its removal)."""
+        return bool(self.r.set(keys.service_lock(service), owner, nx=True))
+
+    def release_lock(self, service: str, owner: str) -> None:
+        self._release_lock(keys=[keys.service_lock(service)], args=[owner])
 
     def lock_owner(self, service: str) -> str | None:
         raw = cast(bytes | None, self.r.get(keys.service_lock(service)))

@@ -17,9 +17,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from celery.signals import worker_ready
+
 from dataplane.errors import DataplaneError
 from dataplane.lab.pods import NodeRuntime
 from dataplane.lab.topology import load_plan
+from mobility.registry import Registry
+from mobility.settings import get_settings
+from workers import reconciling
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,8 @@ def _answer(fn: Callable[[NodeRuntime, dict[str, Any]], Any]) -> Callable[[dict[
     @functools.wraps(fn)
     def run(args: dict[str, Any]) -> dict[str, Any]:
         try:
-            return {"ok": True, "value": fn(runtime(), args)}
+            with reconciling.LOCK:
+                return {"ok": True, "value": fn(runtime(), args)}
         except DataplaneError as exc:
             log.warning("%s failed: %s", fn.__name__, exc)
             return {"ok": False, "error": str(exc), "errno": exc.errno,
@@ -53,6 +59,19 @@ def _answer(fn: Callable[[NodeRuntime, dict[str, Any]], Any]) -> Callable[[dict[
                     "retryable": False}
 
     return run
+
+
+@worker_ready.connect
+def _start_reconciler(sender: Any = None, **_: Any) -> None:
+    """A node agent reconciles its node from the start (not the orchestrator: no node)."""
+    if not os.environ.get("MOBILITY_NODE"):
+        return
+    try:
+        rt = runtime()
+    except DataplaneError as exc:
+        log.error("no reconciler: %s", exc)
+        return
+    reconciling.start(rt, Registry.from_url(get_settings().redis_url.get_secret_value()))
 
 
 def _task(name: str) -> Callable[[Callable[[NodeRuntime, dict[str, Any]], Any]], Any]:

@@ -27,7 +27,7 @@ def _out(registry: Registry, svc: Service) -> ServiceOut:
         mine = link.end_of(svc.name)
         links.append(LinkOut(id=link.id, vni=link.vni, peer=link.peer_of(svc.name).service,
                              ifname=mine.ifname, mac=mine.mac, ip=mine.ip))
-    return ServiceOut.of(svc, links)
+    return ServiceOut.of(svc, links, registry.get_health(svc.name))
 
 
 def _run(task: Any, *args: Any) -> dict[str, Any]:

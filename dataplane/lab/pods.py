@@ -271,6 +271,30 @@ class NodeRuntime:
     def resume(self, *, pod: str) -> None:
         self._signal_workload(pod, signal.SIGUSR2)
 
+    def check_end(self, *, pod: str, ifname: str, mac: str, cidr: str, peer_mac: str,
+                  peer_ip: str, peer_node_ip: str) -> list[str]:
+        """What is wrong with one link end (empty: nothing), without changing anything."""
+        ns = self.plan.pod_namespace(pod)
+        if not netlink.namespace_exists(ns):
+            return [f"pod namespace {ns} is gone"]
+        problems = []
+        with Netlink(ns) as nl:
+            if not nl.exists(ifname):
+                return [f"{ifname} is missing"]
+            info = nl.link(ifname)
+            if info.mac.lower() != mac.lower():
+                problems.append(f"{ifname} has MAC {info.mac}, not {mac}")
+            if not info.up:
+                problems.append(f"{ifname} is down")
+            if cidr not in nl.addresses(ifname):
+                problems.append(f"{ifname} lacks {cidr}")
+            dst = {e.mac.lower(): e.dst for e in nl.fdb(ifname)}.get(peer_mac.lower())
+            if dst != peer_node_ip:
+                problems.append(f"FDB sends {peer_mac} to {dst}, not {peer_node_ip}")
+            if not nl.has_neighbour(ifname, ip=peer_ip, mac=peer_mac):
+                problems.append(f"no neighbour entry {peer_ip} -> {peer_mac}")
+        return problems
+
     def fdb_dst(self, *, pod: str, ifname: str, mac: str) -> str | None:
         return links.current_node(pod_namespace=self.plan.pod_namespace(pod), ifname=ifname,
                                   mac=mac)
