@@ -6,17 +6,18 @@ from fastapi import FastAPI
 
 from api import errors
 from api.routers import chains, clusters, health, moves, services
+from mobility.moving import MoveRequests
+from mobility.registry import Registry
 from mobility.settings import Settings, get_settings
-from workers.moves import build_engine
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="service-mobility", version="0.1.0")
-    engine = build_engine(settings)
+    registry = Registry.from_url(settings.redis_url.get_secret_value())
     app.state.settings = settings
-    app.state.registry = engine.registry
-    app.state.engine = engine
+    app.state.registry = registry
+    app.state.requests = MoveRequests(registry=registry, settings=settings)
     errors.install(app)
     for r in (moves.router, services.router, chains.router, clusters.router, health.router):
         app.include_router(r)

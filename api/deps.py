@@ -1,4 +1,4 @@
-"""Dependencies: the registry and the engine, built once per app from its settings."""
+"""Dependencies: the registry and the move requests, built once per app from its settings."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
-from mobility.moving import Engine
+from mobility.moving import MoveRequests
 from mobility.registry import Registry
 from mobility.settings import Settings
 
@@ -15,8 +15,8 @@ def get_registry(request: Request) -> Registry:
     return cast(Registry, request.app.state.registry)
 
 
-def get_engine(request: Request) -> Engine:
-    return cast(Engine, request.app.state.engine)
+def get_requests(request: Request) -> MoveRequests:
+    return cast(MoveRequests, request.app.state.requests)
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -24,5 +24,5 @@ def get_app_settings(request: Request) -> Settings:
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
+RequestsDep = Annotated[MoveRequests, Depends(get_requests)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -47,16 +47,15 @@ class Reaped:
     phases: tuple[Phase, ...] = ()
 
 
-class Engine:
-    def __init__(self, *, registry: Registry, federation: Federation, wiring: Wiring,
-                 state_agents: StateAgents, settings: Settings) -> None:
-        self.registry = registry
-        self.federation = federation
-        self.wiring = wiring
-        self.state_agents = state_agents
-        self.settings = settings
+class MoveRequests:
+    """The API's side of moves: validate and record a move, ask for an abort.
 
-    # --- creating a move (the API side of ADMIT) ---
+    Needs only the registry: the API never reaches clusters or nodes itself.
+    """
+
+    def __init__(self, *, registry: Registry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
 
     def request_move(self, *, service: str, to_cluster: str, faults: list[str] | None = None,
                      origin: str = "api", strategy: str = "precopy") -> Move:
@@ -83,6 +82,25 @@ class Engine:
                 m.abort_requested = True
 
         return self.registry.update_move(move_id, ask)
+
+    def _event(self, move_id: str, kind: str, *, phase: Phase | None = None,
+               detail: str = "") -> None:
+        self.registry.add_event(
+            Event(move_id=move_id, kind=kind, ts=time.time(),
+                  phase=str(phase) if phase else None, detail=detail),
+            ttl_s=self.settings.event_ttl_s,
+        )
+
+
+class Engine(MoveRequests):
+    """The worker's side: runs phases and compensations against the ports."""
+
+    def __init__(self, *, registry: Registry, federation: Federation, wiring: Wiring,
+                 state_agents: StateAgents, settings: Settings) -> None:
+        super().__init__(registry=registry, settings=settings)
+        self.federation = federation
+        self.wiring = wiring
+        self.state_agents = state_agents
 
     # --- running phases ---
 
@@ -476,14 +494,6 @@ class Engine:
             # Keep the lease while the next phase's task is on its way; it takes it from here.
             with contextlib.suppress(Exception):
                 self.registry.hold_lease(move_id, token, self.settings.lease_handoff_s)
-
-    def _event(self, move_id: str, kind: str, *, phase: Phase | None = None,
-               detail: str = "") -> None:
-        self.registry.add_event(
-            Event(move_id=move_id, kind=kind, ts=time.time(),
-                  phase=str(phase) if phase else None, detail=detail),
-            ttl_s=self.settings.event_ttl_s,
-        )
 
     def _service(self, move: Move) -> Service:
         svc = self.registry.get_service(move.service)

@@ -104,6 +104,12 @@ class Registry:
             p.sadd(keys.CLUSTERS, cluster.name)
             p.execute()
 
+    def delete_cluster(self, name: str) -> None:
+        with self.r.pipeline() as p:
+            p.delete(keys.cluster(name))
+            p.srem(keys.CLUSTERS, name)
+            p.execute()
+
     def clusters(self) -> dict[str, Cluster]:
         names = sorted(n.decode() for n in cast(set[bytes], self.r.smembers(keys.CLUSTERS)))
         if not names:

@@ -22,7 +22,13 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     redis_url: SecretStr = SecretStr(DEV_REDIS_URL)
-    backend: Literal["lab"] = "lab"
+    # Where instances run: the local lab, or Kubernetes through KubeFed or Karmada.
+    backend: Literal["lab", "kubefed", "karmada"] = "lab"
+    kubeconfig: str | None = None  # the host (KubeFed) or Karmada API server; None: ~/.kube/config
+    kube_context: str | None = None
+    kube_namespace: str = "mobility"
+    nsm_domain: str = "cluster.local"
+    kube_timeout_s: float = Field(default=10.0, gt=0)
     lab_name: str = "smlab"
     # Where the lab keeps its run files (the same variable dataplane.lab.topology reads).
     run_root: str = "/run/service-mobility"

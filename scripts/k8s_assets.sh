@@ -18,7 +18,8 @@
 #   kubefed-controller-manager
 #                   sigs.k8s.io/kubefed v0.10.0 through a wrapper that requires
 #                   github.com/modern-go/reflect2 v1.0.2 (v1.0.1 crashes on Go >= 1.18).
-#   CRDs            KubeFed's chart and Karmada's chart from the Go module cache; minimal
+#   CRDs            KubeFed's chart and Karmada's chart (PropagationPolicy, OverridePolicy,
+#                   ResourceBinding) from the Go module cache; minimal
 #                   NSM CRDs written here (NSM's modules are not on the proxy, see below).
 #
 # KUBEBUILDER_ASSETS: a binary found there is used as it is and not built.
@@ -204,7 +205,7 @@ if [ ! -f "$CRDS/kubefed/core.yaml" ] || [ ! -f "$CRDS/kubefed/types.yaml" ]; th
         "$CRDS/kubefed/federatedtypeconfigs.yaml"
 fi
 
-if [ ! -f "$CRDS/karmada/propagationpolicies.yaml" ]; then
+if [ ! -f "$CRDS/karmada/overridepolicies.yaml" ]; then
     say "CRDs: Karmada $KARMADA_VERSION chart from the Go module cache"
     (cd "$WORK" && go mod download "github.com/karmada-io/karmada@$KARMADA_VERSION") >>"$LOG" 2>&1
     bases=$MODCACHE/github.com/karmada-io/karmada@$KARMADA_VERSION/charts/karmada/_crds/bases
@@ -213,6 +214,8 @@ if [ ! -f "$CRDS/karmada/propagationpolicies.yaml" ]; then
         "$CRDS/karmada/resourcebindings.yaml"
     install -m 0644 "$bases/policy/policy.karmada.io_propagationpolicies.yaml" \
         "$CRDS/karmada/propagationpolicies.yaml"
+    install -m 0644 "$bases/policy/policy.karmada.io_overridepolicies.yaml" \
+        "$CRDS/karmada/overridepolicies.yaml"
 fi
 
 if [ ! -f "$CRDS/nsm/crds.yaml" ]; then
@@ -255,9 +258,18 @@ EOF
     done >"$CRDS/nsm/crds.yaml"
 fi
 
+from_assets=0
 for b in kube-apiserver kube-controller-manager kube-scheduler etcd kwok kubefed-controller-manager; do
-    if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$b" ]; then continue; fi
+    if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$b" ]; then
+        from_assets=$((from_assets + 1))
+        continue
+    fi
     [ -x "$BIN/$b" ] || die "$b is missing from $BIN"
 done
-say "ready: binaries in $BIN, CRDs in $CRDS"
-echo "$BIN"
+if [ "$from_assets" -eq 6 ]; then
+    say "ready: every binary from KUBEBUILDER_ASSETS, CRDs in $CRDS"
+    echo "$KUBEBUILDER_ASSETS"
+else
+    say "ready: binaries in $BIN (KUBEBUILDER_ASSETS first where it has them), CRDs in $CRDS"
+    echo "$BIN"
+fi

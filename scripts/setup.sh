@@ -17,6 +17,8 @@ command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nsenter >/dev/null || missing+=(util-linux)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v ping >/dev/null || missing+=(iputils-ping)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -24,6 +26,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null; then
+    echo "setup: Go (1.24 or newer) is needed to build the Kubernetes test control plane;" \
+         "this kind of machine ships it" >&2
 fi
 
 python3 - <<'PY' || { echo "setup: Python 3.11 or newer is needed" >&2; exit 2; }

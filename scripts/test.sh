@@ -7,5 +7,8 @@ bash scripts/setup.sh
 echo "== ruff" && .venv/bin/ruff check .
 echo "== mypy --strict" && .venv/bin/mypy
 echo "== import-linter" && .venv/bin/lint-imports
+# The real Kubernetes control plane of tests/k8s: built from Go modules once per machine
+# (about 15 minutes on 2 cores), cached in ~/.cache/service-mobility; seconds when cached.
+echo "== k8s assets" && bash scripts/k8s_assets.sh >/dev/null
 echo "== pytest"
 exec .venv/bin/pytest "$@"

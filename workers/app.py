@@ -41,7 +41,7 @@ def configure(app: Celery, url: str) -> None:
         beat_schedule={
             "reap-moves": {"task": "moves.reap", "schedule": REAP_EVERY_S},
         },
-        include=["workers.moves", "workers.node"],
+        include=["workers.moves", "workers.node", "workers.clusters"],
     )
 
 

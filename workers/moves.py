@@ -10,41 +10,23 @@ from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
 from typing import Any
-
-from celery import chain
 
 from mobility.chains import Chain
 from mobility.deploying import Deployer
 from mobility.errors import Conflict, Invalid, MobilityError, NotFound
-from mobility.federation.lab import LabFederation, LabStateAgents
 from mobility.models import Phase
 from mobility.moving import Engine
 from mobility.registry import Registry, StaleEpoch
-from mobility.settings import Settings, get_settings
-from mobility.wiring import AgentWiring
-from workers.agents import CeleryNodeAgent
+from mobility.settings import get_settings
 from workers.app import app
+from workers.canvas import canvas
+from workers.composition import build_engine
 from workers.routing import ORCHESTRATION
 
 log = logging.getLogger(__name__)
 
 PHASE_RETRIES = 2
-
-
-def build_engine(settings: Settings) -> Engine:
-    """The engine with the lab backend, reaching node agents over their Celery queues."""
-    reg = Registry.from_url(settings.redis_url.get_secret_value())
-    agent = CeleryNodeAgent()
-    timeout = settings.node_call_timeout_s
-    return Engine(
-        registry=reg,
-        federation=LabFederation(agent, reg.clusters, call_timeout=timeout),
-        wiring=AgentWiring(agent, reg.clusters, call_timeout=timeout),
-        state_agents=LabStateAgents(Path(settings.run_root) / settings.lab_name / "pods"),
-        settings=settings,
-    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,17 +100,6 @@ def compensate(move_id: str, epoch: int, reason: str) -> str:
         return str(engine().compensate(move_id, epoch, error=reason).status)
     except StaleEpoch:
         return "stale"
-
-
-def canvas(move_id: str, epoch: int, phases: list[Phase] | tuple[Phase, ...]) -> Any:
-    """The chain of the given phases, then ``complete``."""
-    steps = [PHASE_TASKS[p].si(move_id, epoch) for p in phases]
-    steps.append(complete.si(move_id, epoch))
-    return chain(*steps)
-
-
-def start_move(move_id: str) -> None:
-    canvas(move_id, 0, list(Phase)).apply_async(queue=ORCHESTRATION)
 
 
 @app.task(name="orchestrator.ping")

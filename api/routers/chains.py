@@ -11,7 +11,6 @@ from api.deps import RegistryDep
 from api.routers.services import _run
 from api.schemas import Name
 from mobility.errors import NotFound
-from workers import moves as tasks
 
 router = APIRouter(prefix="/v1/chains", tags=["chains"])
 
@@ -49,7 +48,7 @@ def _out(raw: dict[str, object]) -> ChainOut:
 
 @router.post("", status_code=201)
 def create_chain(body: ChainRequest, registry: RegistryDep) -> ChainOut:
-    _run(tasks.deploy_chain, body.model_dump())
+    _run("chains.deploy", body.model_dump(), timeout=300)
     raw = registry.get_chain(body.name)
     if raw is None:
         raise NotFound(f"chain {body.name!r} was deployed but is not in the registry")
@@ -73,5 +72,5 @@ def get_chain(name: str, registry: RegistryDep) -> ChainOut:
 def delete_chain(name: str, registry: RegistryDep) -> Response:
     if registry.get_chain(name) is None:
         raise NotFound(f"chain {name!r} does not exist")
-    _run(tasks.remove_chain, name)
+    _run("chains.remove", name, timeout=300)
     return Response(status_code=204)

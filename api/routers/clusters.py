@@ -1,16 +1,62 @@
-"""/v1/clusters: the clusters, their nodes, and which instances run where."""
+"""/v1/clusters: the clusters, their nodes and which instances run where; join and unjoin."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import RegistryDep
-from api.schemas import ClusterOut
+from api.errors import ApiError
+from api.routers.services import _run
+from api.schemas import ClusterOut, Name
+from mobility.errors import NotFound
 
 router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
+JOIN_TIMEOUT_S = 180.0
+
+
+class JoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    kubeconfig: Annotated[str, Field(min_length=1, max_length=1 << 20,
+                                     description="the member's kubeconfig (YAML)")]
+    context: str | None = None
+
+
+class UnjoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kubeconfig: str | None = Field(default=None, max_length=1 << 20, description=(
+        "the member's admin kubeconfig, to remove what join made there too; without it only "
+        "the host side is cleaned"))
+    context: str | None = None
 
 
 @router.get("")
 def list_clusters(registry: RegistryDep) -> list[ClusterOut]:
     services = registry.services()
     return [ClusterOut.of(c, services) for c in registry.clusters().values()]
+
+
+@router.post("", status_code=201)
+def join_cluster(body: JoinRequest, registry: RegistryDep) -> ClusterOut:
+    if registry.get_cluster(body.name) is not None:
+        raise ApiError(409, f"cluster {body.name!r} is already joined")
+    _run("clusters.join", body.model_dump(), timeout=JOIN_TIMEOUT_S)
+    cluster = registry.get_cluster(body.name)
+    if cluster is None:
+        raise NotFound(f"cluster {body.name!r} was joined but is not in the registry")
+    return ClusterOut.of(cluster, registry.services())
+
+
+@router.delete("/{name}", status_code=204)
+def unjoin_cluster(name: str, registry: RegistryDep,
+                   body: Annotated[UnjoinRequest | None, Body()] = None) -> Response:
+    if registry.get_cluster(name) is None:
+        raise NotFound(f"cluster {name!r} does not exist")
+    spec = {"name": name, **(body.model_dump() if body else {})}
+    _run("clusters.unjoin", spec, timeout=JOIN_TIMEOUT_S)
+    return Response(status_code=204)

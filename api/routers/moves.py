@@ -10,17 +10,17 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import EngineDep, RegistryDep, SettingsDep
+from api.deps import RegistryDep, RequestsDep, SettingsDep
 from api.errors import ApiError
 from api.schemas import MoveOut, MoveRequest
 from mobility.moving import INJECTABLE
-from workers.moves import start_move
+from workers.canvas import start_move
 
 router = APIRouter(prefix="/v1/moves", tags=["moves"])
 
 
 @router.post("", status_code=202)
-def create_move(body: MoveRequest, engine: EngineDep, settings: SettingsDep) -> MoveOut:
+def create_move(body: MoveRequest, engine: RequestsDep, settings: SettingsDep) -> MoveOut:
     if body.faults:
         if not settings.fault_injection:
             raise ApiError(422, "fault injection is off (set MOBILITY_FAULT_INJECTION=1 on a "
@@ -47,7 +47,7 @@ def get_move(move_id: str, registry: RegistryDep) -> MoveOut:
 
 
 @router.post("/{move_id}/abort", status_code=202)
-def abort_move(move_id: str, registry: RegistryDep, engine: EngineDep) -> MoveOut:
+def abort_move(move_id: str, registry: RegistryDep, engine: RequestsDep) -> MoveOut:
     move = registry.get_move(move_id)
     if move.status.terminal:
         raise ApiError(409, f"move {move_id} already ended ({move.status}); nothing to abort")

@@ -13,7 +13,7 @@ from api.schemas import LinkOut, ServiceOut, ServiceRequest
 from mobility.errors import NodeUnavailable, NotFound
 from mobility.models import Service
 from mobility.registry import Registry
-from workers import moves as tasks
+from workers import canvas
 
 router = APIRouter(prefix="/v1/services", tags=["services"])
 
@@ -30,16 +30,13 @@ def _out(registry: Registry, svc: Service) -> ServiceOut:
     return ServiceOut.of(svc, links, registry.get_health(svc.name))
 
 
-def _run(task: Any, *args: Any) -> dict[str, Any]:
+def _run(task: str, *args: Any, timeout: float = DEPLOY_TIMEOUT_S) -> dict[str, Any]:
     """Run a task on the orchestration worker and wait; its error kinds map to HTTP."""
-    result = task.apply_async(args=list(args))
     try:
-        answer: dict[str, Any] = result.get(timeout=DEPLOY_TIMEOUT_S)
+        answer: dict[str, Any] = canvas.run(task, *args, timeout=timeout)
     except CeleryTimeout as exc:
-        raise NodeUnavailable(f"no orchestration worker answered within {DEPLOY_TIMEOUT_S:g} s; "
+        raise NodeUnavailable(f"no orchestration worker answered within {timeout:g} s; "
                               "is one running?") from exc
-    finally:
-        result.forget()
     if not answer.get("ok"):
         raise ApiError(KIND_STATUS.get(str(answer.get("kind")), 502), str(answer.get("error")))
     return answer
@@ -60,7 +57,7 @@ def get_service(name: str, registry: RegistryDep) -> ServiceOut:
 
 @router.post("", status_code=201)
 def create_service(body: ServiceRequest, registry: RegistryDep) -> ServiceOut:
-    _run(tasks.deploy, body.model_dump())
+    _run("services.deploy", body.model_dump())
     svc = registry.get_service(body.name)
     if svc is None:
         raise ApiError(502, f"service {body.name!r} was deployed but is not in the registry")
@@ -71,5 +68,5 @@ def create_service(body: ServiceRequest, registry: RegistryDep) -> ServiceOut:
 def delete_service(name: str, registry: RegistryDep) -> Response:
     if registry.get_service(name) is None:
         raise NotFound(f"service {name!r} does not exist")
-    _run(tasks.remove, name)
+    _run("services.remove", name)
     return Response(status_code=204)

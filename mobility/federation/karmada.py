@@ -15,6 +15,7 @@ and its ``status.aggregatedStatus`` entry applied and Healthy.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from mobility.federation.kubefed import (
     Obj,
     default_image,
     deployment_template,
+    params_env,
     service_of,
 )
 from mobility.models import Instance, Params
@@ -156,11 +158,12 @@ class KarmadaFederation:
                         f"cluster {cluster!r} already runs {current.instance.pod} of {service}")
                 if not (start and current.replicas == 0):
                     return False
-                standby = current.standby
+                rules[cluster] = dataclasses.replace(current, replicas=1).overrides()
             else:
-                standby = any(c != cluster for c in rules)
-            rules[cluster] = InstanceSpec(instance=instance, replicas=1 if start else 0,
-                                          standby=standby, annotation=annotation).overrides()
+                rules[cluster] = InstanceSpec(
+                    instance=instance, replicas=1 if start else 0,
+                    standby=any(c != cluster for c in rules), annotation=annotation,
+                    env=params_env(params)).overrides()
             _set_rules(op, rules)
             return True
 
@@ -248,9 +251,7 @@ class KarmadaFederation:
             for other, overrides in list(rules.items()):
                 spec = InstanceSpec.read(other, overrides)
                 if spec is not None and spec.standby:
-                    rules[other] = InstanceSpec(instance=spec.instance, replicas=spec.replicas,
-                                                standby=False,
-                                                annotation=spec.annotation).overrides()
+                    rules[other] = dataclasses.replace(spec, standby=False).overrides()
                     changed = True
             _set_rules(op, rules)
             return changed

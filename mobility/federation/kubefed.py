@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -333,6 +334,10 @@ class InstanceSpec:
     replicas: int
     standby: bool
     annotation: str  # the NSM client annotation
+    # The container's environment for this instance: the service's parameters plus the
+    # move's own (``paused``, ``restore``). Set at placement and never changed afterwards:
+    # any pod-template change restarts the instance.
+    env: tuple[tuple[str, str], ...] = ()
 
     def overrides(self) -> list[Obj]:
         """JSON-patch overrides for the instance's cluster (KubeFed applies them in order)."""
@@ -348,6 +353,8 @@ class InstanceSpec:
              "value": {NSM_ANNOTATION: self.annotation}},
             {"op": "add", "path": "/spec/template/spec/nodeSelector",
              "value": {"kubernetes.io/hostname": self.instance.node}},
+            {"op": "replace", "path": "/spec/template/spec/containers/0/env",
+             "value": [{"name": k, "value": v} for k, v in self.env]},
         ]
 
     @classmethod
@@ -359,10 +366,12 @@ class InstanceSpec:
         if not isinstance(pod, str) or not isinstance(meta, dict):
             return None
         nsm = (by_path.get("/spec/template/metadata/annotations") or {}).get(NSM_ANNOTATION, "")
+        env = by_path.get("/spec/template/spec/containers/0/env") or []
         return cls(instance=Instance(cluster=cluster, node=str(meta.get(NODE_ANNOTATION, "")),
                                      pod=pod),
                    replicas=int(by_path.get("/spec/replicas", 1) or 0),
-                   standby=meta.get(STANDBY_ANNOTATION) == "true", annotation=str(nsm))
+                   standby=meta.get(STANDBY_ANNOTATION) == "true", annotation=str(nsm),
+                   env=tuple((str(e["name"]), str(e.get("value", ""))) for e in env))
 
 
 def _overrides_of(obj: Obj) -> dict[str, list[Obj]]:
@@ -377,6 +386,11 @@ def _set_overrides(obj: Obj, overrides: Mapping[str, list[Obj]]) -> None:
         {"clusterName": c, "clusterOverrides": o} for c, o in sorted(overrides.items())]
 
 
+def params_env(params: Params) -> tuple[tuple[str, str], ...]:
+    """Workload parameters as ``MOBILITY_PARAM_<NAME>`` environment variables, sorted."""
+    return tuple((f"MOBILITY_PARAM_{k.upper()}", str(v)) for k, v in sorted(params.items()))
+
+
 def deployment_template(*, service: str, workload: str, params: Params,
                         image: str) -> Obj:
     """The Deployment every instance of a service starts from (KubeFed's ``spec.template``).
@@ -385,8 +399,7 @@ def deployment_template(*, service: str, workload: str, params: Params,
     parameters of a named workload, never a command from a request.
     """
     labels = {"app": service, SERVICE_LABEL: service}
-    env = [{"name": f"MOBILITY_PARAM_{k.upper()}", "value": str(v)}
-           for k, v in sorted(params.items())]
+    env = [{"name": k, "value": v} for k, v in params_env(params)]
     return {
         "metadata": {"labels": {**labels, MANAGED_BY[0]: MANAGED_BY[1]}},
         "spec": {
@@ -695,15 +708,14 @@ class KubeFedFederation:
                     raise FederationError(
                         f"cluster {cluster!r} already runs {current.instance.pod} of {service}")
                 if start and current.replicas == 0:
-                    overrides[cluster] = InstanceSpec(
-                        instance=instance, replicas=1, standby=current.standby,
-                        annotation=annotation).overrides()
+                    overrides[cluster] = dataclasses.replace(current, replicas=1).overrides()
                     _set_overrides(obj, overrides)
                     return True
                 return False
             standby = any(n != cluster for n in names)
             overrides[cluster] = InstanceSpec(instance=instance, replicas=1 if start else 0,
-                                              standby=standby, annotation=annotation).overrides()
+                                              standby=standby, annotation=annotation,
+                                              env=params_env(params)).overrides()
             _set_placement(obj, sorted({*names, cluster}))
             _set_overrides(obj, overrides)
             return True
@@ -735,9 +747,7 @@ class KubeFedFederation:
                 raise FederationError(f"{instance.pod} is not placed in {instance.cluster}")
             if current.replicas >= 1:
                 return False
-            overrides[instance.cluster] = InstanceSpec(
-                instance=current.instance, replicas=1, standby=current.standby,
-                annotation=current.annotation).overrides()
+            overrides[instance.cluster] = dataclasses.replace(current, replicas=1).overrides()
             _set_overrides(obj, overrides)
             return True
 
@@ -894,9 +904,7 @@ class KubeFedFederation:
             for other in rest:
                 spec = InstanceSpec.read(other, overrides.get(other, []))
                 if spec is not None and spec.standby:
-                    overrides[other] = InstanceSpec(
-                        instance=spec.instance, replicas=spec.replicas, standby=False,
-                        annotation=spec.annotation).overrides()
+                    overrides[other] = dataclasses.replace(spec, standby=False).overrides()
                     changed = True
             _set_placement(obj, rest)
             _set_overrides(obj, overrides)

@@ -1,0 +1,72 @@
+"""Cluster join and unjoin (what ``kubefedctl join``/``unjoin`` do), as orchestration tasks.
+
+They run on the orchestration worker, the one place that talks to Kubernetes; the API only
+sends them. Joining needs the KubeFed backend: the lab's clusters are made by ``mobility lab``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from mobility.errors import Conflict, FederationError, Invalid, MobilityError
+from mobility.settings import get_settings
+from workers.app import app
+from workers.composition import kubefed
+from workers.moves import _error, registry
+
+
+def _member(spec: dict[str, Any]) -> Any:
+    from mobility.federation.kubefed import KubeClient
+
+    raw = spec.get("kubeconfig")
+    if not raw:
+        return None
+    try:
+        doc = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    except yaml.YAMLError as exc:
+        raise Invalid(f"kubeconfig is not YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise Invalid("kubeconfig must be a kubeconfig document (a mapping)")
+    return KubeClient.from_kubeconfig(doc, context=spec.get("context"), name=spec["name"])
+
+
+def _need_kubefed() -> None:
+    backend = get_settings().backend
+    if backend != "kubefed":
+        raise Conflict(f"joining and unjoining clusters needs MOBILITY_BACKEND=kubefed; this "
+                       f"deployment runs the {backend!r} backend")
+
+
+@app.task(name="clusters.join", soft_time_limit=180)
+def join(spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        _need_kubefed()
+        member = _member(spec)
+        if member is None:
+            raise Invalid("joining a cluster needs its kubeconfig")
+        fed = kubefed(get_settings())
+        fed.join(name=spec["name"], member=member)
+        cluster = fed.cluster_record(spec["name"])
+        registry().put_cluster(cluster)
+    except MobilityError as exc:
+        return _error(exc)
+    return {"ok": True, "cluster": cluster.to_dict()}
+
+
+@app.task(name="clusters.unjoin", soft_time_limit=180)
+def unjoin(spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        _need_kubefed()
+        running = [s.name for s in registry().services().values()
+                   if s.instance and s.instance.cluster == spec["name"]]
+        if running:
+            raise Conflict(f"cluster {spec['name']!r} still runs {running}; move them first")
+        kubefed(get_settings()).unjoin(name=spec["name"], member=_member(spec))
+        registry().delete_cluster(spec["name"])
+    except FederationError as exc:
+        return _error(exc)
+    except MobilityError as exc:
+        return _error(exc)
+    return {"ok": True}

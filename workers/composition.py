@@ -1,0 +1,72 @@
+"""The composition root: the engine with the backend the settings choose.
+
+``lab``: pods on lab nodes, reached through the node agents' Celery queues. ``kubefed`` and
+``karmada``: Kubernetes, with NSM objects for the links; the Kubernetes client is imported only
+here, when one of them is chosen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mobility.federation.lab import LabFederation, LabStateAgents
+from mobility.federation.unavailable import UnavailableStateAgents
+from mobility.moving import Engine
+from mobility.registry import Registry
+from mobility.settings import Settings
+from mobility.wiring import AgentWiring
+from workers.agents import CeleryNodeAgent
+
+
+def kube_host(settings: Settings) -> Any:
+    """A client for the KubeFed host (or the Karmada API server) from the settings."""
+    from mobility.federation.kubefed import KubeClient
+
+    return KubeClient.from_kubeconfig(settings.kubeconfig or "~/.kube/config",
+                                      context=settings.kube_context,
+                                      timeout=settings.kube_timeout_s)
+
+
+def kubefed(settings: Settings) -> Any:
+    from mobility.federation.kubefed import KubeFedFederation
+
+    return KubeFedFederation(host=kube_host(settings), namespace=settings.kube_namespace,
+                             domain=settings.nsm_domain)
+
+
+def build_engine(settings: Settings) -> Engine:
+    reg = Registry.from_url(settings.redis_url.get_secret_value())
+    if settings.backend == "lab":
+        agent = CeleryNodeAgent()
+        timeout = settings.node_call_timeout_s
+        return Engine(
+            registry=reg,
+            federation=LabFederation(agent, reg.clusters, call_timeout=timeout),
+            wiring=AgentWiring(agent, reg.clusters, call_timeout=timeout),
+            state_agents=LabStateAgents(Path(settings.run_root) / settings.lab_name / "pods"),
+            settings=settings,
+        )
+    from mobility.federation.kubefed import KubeClient
+    from mobility.nsm import NsmWiring
+
+    host = kube_host(settings)
+    if settings.backend == "kubefed":
+        fed = kubefed(settings)
+        members = fed.member
+    else:
+        from mobility.federation.karmada import KarmadaFederation
+
+        fed = KarmadaFederation(karmada=host, namespace=settings.kube_namespace,
+                                domain=settings.nsm_domain)
+
+        def members(cluster: str) -> Any:
+            # Karmada keeps member credentials to itself: reach members through the
+            # kubeconfig's contexts, named after the clusters.
+            return KubeClient.from_kubeconfig(settings.kubeconfig or "~/.kube/config",
+                                              context=cluster, timeout=settings.kube_timeout_s)
+
+    wiring = NsmWiring(registry=host, members=members, clusters=reg.clusters,
+                       namespace=settings.kube_namespace)
+    return Engine(registry=reg, federation=fed, wiring=wiring,
+                  state_agents=UnavailableStateAgents(settings.backend), settings=settings)
