@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import errors
-from api.routers import chains, clusters, health, moves, services
+from api.routers import automation, chains, clusters, health, moves, services
 from mobility.moving import MoveRequests
 from mobility.registry import Registry
 from mobility.settings import Settings, get_settings
@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.requests = MoveRequests(registry=registry, settings=settings)
     errors.install(app)
-    for r in (moves.router, services.router, chains.router, clusters.router, health.router):
+    for r in (moves.router, services.router, chains.router, clusters.router,
+              automation.router, health.router):
         app.include_router(r)
     return app

@@ -48,6 +48,10 @@ class MoveOut(BaseModel):
     abort_requested: bool
     error: str | None
     origin: str
+    policy_id: str | None = None
+    trigger: dict[str, Any] | None = Field(
+        default=None, description="what started the move: the policy's decision and the signal "
+                                  "values, or the rebalance plan's reason")
     strategy: str
     stateful: bool
     precopy_rounds: int
@@ -64,7 +68,8 @@ class MoveOut(BaseModel):
             target=InstanceOut.of(m.target), created_at=m.created_at,
             finished_at=m.finished_at, total_ms=m.total_ms, phase_ms=dict(m.phase_ms),
             cutover_confirmed=m.cutover_confirmed, abort_requested=m.abort_requested,
-            error=m.error, origin=m.origin, strategy=m.strategy, stateful=m.stateful,
+            error=m.error, origin=m.origin, policy_id=m.policy_id, trigger=m.trigger,
+            strategy=m.strategy, stateful=m.stateful,
             precopy_rounds=m.sync_rounds, state_bytes=m.state_bytes, freeze_ms=m.freeze_ms,
             links={"self": f"/v1/moves/{m.id}", "events": f"/v1/moves/{m.id}/events"},
         )

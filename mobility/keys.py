@@ -12,6 +12,11 @@ VNI_SEQ = f"{PREFIX}seq:vni"
 LINK_BLOCK_SEQ = f"{PREFIX}seq:linkblock"
 POD_SEQ = f"{PREFIX}seq:pod"
 CHAINS = f"{PREFIX}chains"  # set of chain names
+SIGNALS = f"{PREFIX}signals"  # set of the series keys holding samples
+POLICIES = f"{PREFIX}policies"  # set of policy ids
+REBALANCE_CONFIG = f"{PREFIX}rebalance:config"
+REBALANCE_LAST = f"{PREFIX}rebalance:last"  # the last plan the scheduled rebalancer ran
+REDBEAT_PREFIX = f"{PREFIX}redbeat:"  # celery-redbeat's own keys start with this
 
 
 def cluster(name: str) -> str:
@@ -20,6 +25,23 @@ def cluster(name: str) -> str:
 
 def service(name: str) -> str:
     return f"{PREFIX}service:{name}"
+
+
+SIGNAL_PREFIX = f"{PREFIX}signal:"
+
+
+def signal(series: str, cluster: str, service: str | None, region: str | None) -> str:
+    """A sorted set of one series' recent samples (score: timestamp)."""
+    return f"{SIGNAL_PREFIX}{series}|{cluster}|{service or ''}|{region or ''}"
+
+
+def policy(policy_id: str) -> str:
+    return f"{PREFIX}policy:{policy_id}"
+
+
+def last_move(service: str) -> str:
+    """When the service's last move started, whoever started it (policies' cooldown)."""
+    return f"{PREFIX}lastmove:{service}"
 
 
 def chain(name: str) -> str:

@@ -199,6 +199,8 @@ class Move:
     origin: str = "api"
     strategy: str = "precopy"  # or "stop-and-copy"; a stateless service has nothing to copy
     stateful: bool = False
+    policy_id: str | None = None  # the policy that started the move, if one did
+    trigger: dict[str, Any] | None = None  # what made it start: the decision, signal values
     sync_rounds: int = 0
     sync_since: int = 0  # the source state version the pre-copy rounds reached
     state_bytes: int = 0

@@ -58,7 +58,9 @@ class MoveRequests:
         self.settings = settings
 
     def request_move(self, *, service: str, to_cluster: str, faults: list[str] | None = None,
-                     origin: str = "api", strategy: str = "precopy") -> Move:
+                     origin: str = "api", strategy: str = "precopy",
+                     policy_id: str | None = None,
+                     trigger: dict[str, Any] | None = None) -> Move:
         """Validate and record a move, taking the service's lock. Raises NotFound/Conflict."""
         faults = list(faults or [])
         svc = planning.validate_move(
@@ -71,8 +73,10 @@ class MoveRequests:
         move = Move(id=new_move_id(), service=service, from_cluster=svc.instance.cluster,
                     to_cluster=to_cluster, created_at=time.time(), source=svc.instance,
                     faults=faults, origin=origin, strategy=strategy,
-                    stateful=svc.workload in workloads.STATEFUL)
+                    stateful=svc.workload in workloads.STATEFUL, policy_id=policy_id,
+                    trigger=trigger)
         self.registry.create_move(move)
+        self.registry.note_move_start(service, move.created_at)
         self._event(move.id, "status", detail="pending")
         return move
 

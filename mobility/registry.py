@@ -176,6 +176,79 @@ class Registry:
         raw = cast(bytes | None, self.r.get(keys.service_health(service)))
         return dict(unpack(raw)) if raw else None
 
+    # --- signals, policies, rebalancing ---
+
+    def add_samples(self, samples: list[tuple[tuple[str, str, str | None, str | None], float,
+                                              float]], *, keep_s: float,
+                    keep_samples: int) -> None:
+        """Append samples; each series keeps its last ``keep_s`` seconds, at most
+        ``keep_samples`` samples (a bounded recent window)."""
+        with self.r.pipeline(transaction=False) as p:
+            touched = set()
+            for (series, cluster, service, region), ts, value in samples:
+                key = keys.signal(series, cluster, service, region)
+                p.zadd(key, {pack([ts, value]): ts})
+                touched.add((key, ts))
+                p.sadd(keys.SIGNALS, key)
+            for key in {k for k, _ in touched}:
+                newest = max(ts for k, ts in touched if k == key)
+                p.zremrangebyscore(key, "-inf", newest - keep_s)
+                p.zremrangebyrank(key, 0, -keep_samples - 1)
+                p.expire(key, int(keep_s) + 60)
+            p.execute()
+
+    def samples(self) -> dict[tuple[str, str, str | None, str | None], list[tuple[float, float]]]:
+        """Every series with its samples, oldest first."""
+        names = sorted(k.decode() for k in cast(set[bytes], self.r.smembers(keys.SIGNALS)))
+        with self.r.pipeline(transaction=False) as p:
+            for name in names:
+                p.zrange(name, 0, -1)
+            rows = p.execute()
+        out = {}
+        for name, members in zip(names, rows, strict=True):
+            if not members:
+                self.r.srem(keys.SIGNALS, name)
+                continue
+            series, cluster, service, region = name[len(keys.SIGNAL_PREFIX):].split("|")
+            out[(series, cluster, service or None, region or None)] = [
+                (float(ts), float(v)) for ts, v in (unpack(m) for m in members)]
+        return out
+
+    def note_move_start(self, service: str, ts: float) -> None:
+        self.r.set(keys.last_move(service), repr(ts), ex=7 * 24 * 3600)
+
+    def last_moves(self, services: list[str]) -> dict[str, float]:
+        if not services:
+            return {}
+        raws = cast(list[bytes | None], self.r.mget([keys.last_move(s) for s in services]))
+        return {s: float(r) for s, r in zip(services, raws, strict=True) if r}
+
+    def put_policy(self, policy: dict[str, Any]) -> None:
+        self.r.set(keys.policy(str(policy["id"])), pack(policy))
+        self.r.sadd(keys.POLICIES, str(policy["id"]))
+
+    def get_policy(self, policy_id: str) -> dict[str, Any] | None:
+        raw = cast(bytes | None, self.r.get(keys.policy(policy_id)))
+        return dict(unpack(raw)) if raw else None
+
+    def policies(self) -> list[dict[str, Any]]:
+        ids = sorted(i.decode() for i in cast(set[bytes], self.r.smembers(keys.POLICIES)))
+        return [p for p in (self.get_policy(i) for i in ids) if p is not None]
+
+    def delete_policy(self, policy_id: str) -> bool:
+        with self.r.pipeline() as p:
+            p.delete(keys.policy(policy_id))
+            p.srem(keys.POLICIES, policy_id)
+            deleted, _ = p.execute()
+        return bool(deleted)
+
+    def get_blob(self, key: str) -> Any:
+        raw = cast(bytes | None, self.r.get(key))
+        return unpack(raw) if raw else None
+
+    def put_blob(self, key: str, value: Any) -> None:
+        self.r.set(key, pack(value))
+
     # --- chains ---
 
     def put_chain(self, chain: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging, worker_ready
 
+from mobility import keys
 from mobility.logs import configure_logging
 from mobility.settings import get_settings
 from workers.routing import ORCHESTRATION
@@ -19,6 +20,7 @@ from workers.routing import ORCHESTRATION
 log = logging.getLogger(__name__)
 
 REAP_EVERY_S = 2.0
+POLICY_TICK_S = 2.0
 
 
 def configure(app: Celery, url: str) -> None:
@@ -40,8 +42,15 @@ def configure(app: Celery, url: str) -> None:
         worker_send_task_events=False,
         beat_schedule={
             "reap-moves": {"task": "moves.reap", "schedule": REAP_EVERY_S},
+            "policies-tick": {"task": "policies.tick", "schedule": POLICY_TICK_S},
         },
-        include=["workers.moves", "workers.node", "workers.clusters"],
+        # Beat keeps its schedule in Redis (celery-redbeat), so the rebalancing cron set
+        # through the API reaches the running beat without a restart.
+        beat_scheduler="redbeat.RedBeatScheduler",
+        redbeat_redis_url=url,
+        redbeat_key_prefix=keys.REDBEAT_PREFIX,
+        redbeat_lock_timeout=30,
+        include=["workers.moves", "workers.node", "workers.clusters", "workers.automation"],
     )
 
 

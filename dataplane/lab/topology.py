@@ -52,6 +52,7 @@ class ClusterConfig:
     name: str
     nodes: int = 2
     underlay_mtu: int = 1500
+    labels: dict[str, str] = field(default_factory=dict)  # e.g. tier = "edge", for policies
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class ClusterPlan:
     gateway: str
     mtu: int
     bridge: str
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def load_config(path: str | Path | None = None, *, name: str | None = None,
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise LabConfigError(f"lab config {path or 'default'}: {exc}") from exc
-    known = {"name", "nodes", "underlay_mtu"}
+    known = {"name", "nodes", "underlay_mtu", "labels"}
     for c in raw.get("clusters", []):
         unknown = sorted(set(c) - known)
         if unknown:
@@ -189,7 +191,7 @@ def plan(config: LabConfig) -> LabPlan:
         subnet = (i + 1) * 256
         clusters.append(ClusterPlan(name=c.name, subnet=f"{addr(subnet)}/24",
                                     gateway=addr(subnet + 1), mtu=c.underlay_mtu,
-                                    bridge=f"br-{c.name}"))
+                                    bridge=f"br-{c.name}", labels=dict(c.labels)))
         for j in range(1, c.nodes + 1):
             pods = (128 + i * 16 + j) * 256
             nodes.append(NodePlan(

@@ -45,7 +45,8 @@ class StackError(RuntimeError):
 
 def lab_clusters(plan: LabPlan) -> list[Cluster]:
     return [
-        Cluster(name=c.name, underlay_mtu=c.mtu, nodes=tuple(
+        Cluster(name=c.name, underlay_mtu=c.mtu, labels=tuple(sorted(c.labels.items())),
+                nodes=tuple(
             Node(name=n.name, cluster=n.cluster, underlay_ip=n.underlay_ip, namespace=n.namespace)
             for n in plan.nodes if n.cluster == c.name))
         for c in plan.clusters

@@ -1,0 +1,36 @@
+"""Beat-driven moves: the policy tick and the scheduled rebalancer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from mobility import automation, keys
+from workers.app import app
+from workers.canvas import start_move
+from workers.moves import engine, registry
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="policies.tick")
+def tick() -> dict[str, Any]:
+    """Evaluate every policy; start the moves they call for."""
+    decisions = automation.evaluate(registry())
+    started, refused = automation.start_decided(engine(), decisions, start_move)
+    if started or refused:
+        log.info("policies started %s, refused %s", started, refused)
+    return {"started": started, "refused": refused}
+
+
+@app.task(name="rebalance.run")
+def rebalance() -> dict[str, Any]:
+    """Plan and start a rebalance; the plan run is kept for ``GET /v1/rebalance/last``."""
+    plan = automation.plan(registry())
+    started, refused = automation.run_plan(engine(), plan, start_move)
+    record = {"at": time.time(), "plan": plan.to_dict(), "started": started,
+              "refused": refused}
+    registry().put_blob(keys.REBALANCE_LAST, record)
+    log.info("rebalance: %d moves started, %d refused", len(started), len(refused))
+    return record
