@@ -2,7 +2,9 @@
 
 Aspects: the command reuses the running control plane, moves the echo service core -> edge
 under the 1,000 req/s probe, exits 0 and prints one JSON summary with every promised key, a
-succeeded move, all six phases and 0 requests lost or duplicated.
+succeeded move, all six phases and 0 requests lost or duplicated; ``--chain --move`` moves a
+middlebox of a chain across clusters; ``--stateful`` moves the session service with its state
+and every counter continuing.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from mobility.cli.stack import Stack
 
@@ -19,21 +22,28 @@ KEYS = {"move_id", "status", "total_ms", "phases", "probes_sent", "probes_lost",
         "probes_duplicated", "from_cluster", "to_cluster"}
 
 
-def test_demo_json(lab_stack: Stack, tmp_path: Path) -> None:
+def demo(lab_stack: Stack, tmp_path: Path, *args: str) -> dict[str, object]:
     config = tmp_path / "lab.toml"
     config.write_text(
         f'name = "{lab_stack.plan.name}"\nunderlay = "{lab_stack.plan.underlay}"\n'
         + "".join(f'[[clusters]]\nname = "{c.name}"\nnodes = 2\nunderlay_mtu = {c.mtu}\n'
+                  + "labels = { " + ", ".join(f'{k} = "{v}"' for k, v in c.labels.items())
+                  + " }\n"
                   for c in lab_stack.plan.clusters))
     env = dict(os.environ, MOBILITY_LAB_NAME=lab_stack.plan.name,
                MOBILITY_LAB_CONFIG=str(config), MOBILITY_API_PORT=str(lab_stack.api_port),
                MOBILITY_STACK_REDIS_PORT=str(lab_stack.redis_port),
                MOBILITY_ENV_FILE=str(lab_stack.env_file))
     mobility = Path(sys.executable).parent / "mobility"
-    proc = subprocess.run([str(mobility), "demo", "--json"], capture_output=True, text=True,
-                          env=env, timeout=180, check=False)
+    proc = subprocess.run([str(mobility), "demo", "--json", *args], capture_output=True,
+                          text=True, env=env, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
+    summary: dict[str, object] = json.loads(proc.stdout)
+    return summary
+
+
+def test_demo_json(lab_stack: Stack, tmp_path: Path) -> None:
+    summary: dict[str, Any] = demo(lab_stack, tmp_path)
     assert set(summary) >= KEYS
     assert summary["status"] == "succeeded"
     assert (summary["from_cluster"], summary["to_cluster"]) == ("core", "edge")
@@ -41,3 +51,19 @@ def test_demo_json(lab_stack: Stack, tmp_path: Path) -> None:
     assert summary["probes_sent"] > 1000
     assert summary["probes_lost"] == 0 and summary["probes_duplicated"] == 0
     assert summary["total_ms"] > 0
+
+
+def test_demo_chain_moves_a_middlebox(lab_stack: Stack, tmp_path: Path) -> None:
+    summary: dict[str, Any] = demo(lab_stack, tmp_path, "--chain", "--move", "nat")
+    assert set(summary) >= KEYS
+    assert summary["chain"] == ["client", "fw", "nat", "server"]
+    assert summary["moved"] == "nat" and summary["status"] == "succeeded"
+    assert (summary["from_cluster"], summary["to_cluster"]) == ("edge", "core")
+    assert summary["probes_lost"] == 0 and summary["probes_sent"] > 1000
+
+
+def test_demo_stateful(lab_stack: Stack, tmp_path: Path) -> None:
+    summary: dict[str, Any] = demo(lab_stack, tmp_path, "--stateful", "--state-mb", "16")
+    assert {"state_bytes", "precopy_rounds", "freeze_ms", "counters_ok"} <= set(summary)
+    assert summary["status"] == "succeeded" and summary["counters_ok"] is True
+    assert summary["probes_lost"] == 0 and summary["state_bytes"] > 16 * 2**20
