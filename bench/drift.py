@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import time
 
 import httpx
 
-from dataplane.lab import topology
 from dataplane.netlink import Netlink
 from mobility.cli.demo import remove_demo_services, wait_probe
-from mobility.cli.stack import Stack
-from mobility.settings import DEFAULT_ENV_FILE, get_settings
+from mobility.cli.stack import default_stack
 from workers.reconciling import INTERVAL_S
 
 SVC, CLIENT = "demo-echo", "demo-client"
@@ -42,12 +39,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    settings = get_settings()
-    plan = topology.plan(topology.load_config(os.environ.get("MOBILITY_LAB_CONFIG"),
-                                              name=settings.lab_name))
-    stack = Stack(plan=plan, redis_port=int(os.environ.get("MOBILITY_STACK_REDIS_PORT", "6391")),
-                  api_port=settings.api_port,
-                  env_file=os.environ.get("MOBILITY_ENV_FILE", DEFAULT_ENV_FILE))
+    stack = default_stack()
+    plan = stack.plan
     stack.up()
     device, traffic = [], []
     with httpx.Client(base_url=stack.api_url, timeout=120) as api:

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from typing import Any
 
 import httpx
 
-from dataplane.lab import topology
 from mobility.cli.demo import follow_events, wait_probe
-from mobility.cli.stack import Stack
-from mobility.settings import DEFAULT_ENV_FILE, get_settings
+from mobility.cli.stack import Stack, default_stack
 from workers.app import client
 
 ECHO, CLIENT = "bench-echo", "bench-client"
@@ -53,12 +50,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     args = parser.parse_args()
 
-    settings = get_settings()
-    plan = topology.plan(topology.load_config(os.environ.get("MOBILITY_LAB_CONFIG"),
-                                              name=settings.lab_name))
-    stack = Stack(plan=plan, redis_port=int(os.environ.get("MOBILITY_STACK_REDIS_PORT", "6391")),
-                  api_port=settings.api_port,
-                  env_file=os.environ.get("MOBILITY_ENV_FILE", DEFAULT_ENV_FILE))
+    stack = default_stack()
+    plan = stack.plan
     stack.up()
     roundtrip = celery_roundtrip_ms(stack)
     totals: list[float] = []

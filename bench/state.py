@@ -32,8 +32,7 @@ import httpx
 
 from dataplane.lab import topology
 from mobility.cli.demo import follow_events, remove_demo_services, wait_probe
-from mobility.cli.stack import Stack
-from mobility.settings import DEFAULT_ENV_FILE, get_settings
+from mobility.cli.stack import Stack, default_stack
 
 SVC, CLIENT = "demo-echo", "demo-client"
 
@@ -71,12 +70,8 @@ def main() -> int:
     parser.add_argument("--rates", default="0,1,10")
     args = parser.parse_args()
 
-    settings = get_settings()
-    plan = topology.plan(topology.load_config(os.environ.get("MOBILITY_LAB_CONFIG"),
-                                              name=settings.lab_name))
-    stack = Stack(plan=plan, redis_port=int(os.environ.get("MOBILITY_STACK_REDIS_PORT", "6391")),
-                  api_port=settings.api_port,
-                  env_file=os.environ.get("MOBILITY_ENV_FILE", DEFAULT_ENV_FILE))
+    stack = default_stack()
+    plan = stack.plan
     stack.up()
     worker = topology.recorded_pid(stack.run_dir, "orchestrator")
     assert worker is not None

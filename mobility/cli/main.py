@@ -15,7 +15,7 @@ from rich.table import Table
 
 from dataplane.lab import topology
 from mobility.cli import demo as demo_mod
-from mobility.cli.stack import Stack, StackError
+from mobility.cli.stack import Stack, StackError, default_stack
 from mobility.logs import configure_logging
 from mobility.settings import DEFAULT_ENV_FILE, get_settings
 
@@ -30,19 +30,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 ConfigOpt = Annotated[str | None, typer.Option("--config", help="lab topology (TOML)")]
 
 
-def _plan(config: str | None) -> topology.LabPlan:
-    path = config or os.environ.get("MOBILITY_LAB_CONFIG")
+def _stack(config: str | None) -> Stack:
     try:
-        return topology.plan(topology.load_config(path, name=get_settings().lab_name))
+        return default_stack(config)
     except (topology.LabConfigError, OSError) as exc:
         err.print(f"[red]lab config:[/] {exc}")
         raise typer.Exit(2) from exc
 
 
-def _stack(plan: topology.LabPlan) -> Stack:
-    return Stack(plan=plan, redis_port=int(os.environ.get("MOBILITY_STACK_REDIS_PORT", "6391")),
-                 api_port=get_settings().api_port,
-                 env_file=os.environ.get("MOBILITY_ENV_FILE", DEFAULT_ENV_FILE))
+def _plan(config: str | None) -> topology.LabPlan:
+    return _stack(config).plan
 
 
 def _need_root() -> None:
@@ -132,7 +129,7 @@ def lab_status(as_json: JsonOpt = False) -> None:
 def stack_up(config: ConfigOpt = None) -> None:
     """Bring up the lab and its control plane: Redis, node agents, orchestrator, beat, API."""
     _need_root()
-    stack = _stack(_plan(config))
+    stack = _stack(config)
     try:
         stack.up(progress=lambda what: err.print(f"[dim]starting {what}[/]"))
     except StackError as exc:
@@ -176,8 +173,8 @@ def demo(
         err.print("[red]--strategy must be precopy or stop-and-copy[/]")
         raise typer.Exit(2)
     _need_root()
-    plan = _plan(config)
-    stack = _stack(plan)
+    stack = _stack(config)
+    plan = stack.plan
 
     def say(message: str) -> None:
         if not as_json:

@@ -28,7 +28,7 @@ from dataplane.lab import topology
 from dataplane.lab.topology import LabPlan
 from mobility.models import Cluster, Node
 from mobility.registry import Registry
-from mobility.settings import DEFAULT_ENV_FILE
+from mobility.settings import DEFAULT_ENV_FILE, get_settings
 from workers.app import client
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,17 @@ class Stack:
             topology.terminate([pid])
         (self.run_dir / "pids" / f"{role}.json").unlink(missing_ok=True)
         reap_children()
+
+
+def default_stack(config: str | None = None) -> Stack:
+    """The stack `mobility` manages: the lab named by the settings (topology from ``config``,
+    ``MOBILITY_LAB_CONFIG`` or the packaged default), Redis on MOBILITY_STACK_REDIS_PORT."""
+    settings = get_settings()
+    plan = topology.plan(topology.load_config(config or os.environ.get("MOBILITY_LAB_CONFIG"),
+                                              name=settings.lab_name))
+    return Stack(plan=plan, redis_port=int(os.environ.get("MOBILITY_STACK_REDIS_PORT", "6391")),
+                 api_port=settings.api_port,
+                 env_file=os.environ.get("MOBILITY_ENV_FILE", DEFAULT_ENV_FILE))
 
 
 def reap_children() -> None:

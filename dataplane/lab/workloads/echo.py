@@ -8,17 +8,11 @@ answers before it moves any traffic to it.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import sys
 
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+from dataplane.lab.workloads.files import mark_ready
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((args.bind, args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if args.ready_file:
-        write_atomic(args.ready_file, str(os.getpid()))
+    mark_ready(args.ready_file)
     while True:
         data, peer = sock.recvfrom(65535)
         sock.sendto(data, peer)

@@ -11,7 +11,6 @@ come from a packet socket that sees every packet on the pod's links: packets and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -19,6 +18,8 @@ import struct
 import sys
 import threading
 import time
+
+from dataplane.lab.workloads.files import mark_ready, write_json
 
 ETH_P_IP = 0x0800
 ETH_P_ALL = 0x0003
@@ -66,16 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
             with lock:
                 snapshot = {k: {"packets": v[0], "bytes": v[1]} for k, v in flows.items()}
-            tmp = f"{args.flows}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump(snapshot, fh)
-            os.replace(tmp, args.flows)
+            write_json(args.flows, snapshot)
 
     threading.Thread(target=dump, daemon=True).start()
-    if args.ready_file:
-        with open(f"{args.ready_file}.tmp", "w") as fh:
-            fh.write(str(os.getpid()))
-        os.replace(f"{args.ready_file}.tmp", args.ready_file)
+    mark_ready(args.ready_file)
     while True:
         try:
             frame, addr = sock.recvfrom(65535)

@@ -14,22 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import signal
 import socket
 import struct
 import threading
 import time
 
+from dataplane.lab.workloads.files import mark_ready, write_json
+
 PACKET = struct.Struct("!Qd")
-
-
-def write_atomic(path: str, payload: dict[str, object]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh)
-    os.replace(tmp, path)
 
 
 class Probe:
@@ -156,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     receiver = threading.Thread(target=probe.receive_loop, daemon=True)
     receiver.start()
     sender.start()
-    if args.ready_file:
-        with open(f"{args.ready_file}.tmp", "w") as fh:
-            fh.write(str(os.getpid()))
-        os.replace(f"{args.ready_file}.tmp", args.ready_file)
+    mark_ready(args.ready_file)
     started = time.monotonic()
     while not done.is_set():
         done.wait(0.01 if pause_asked.is_set() else 0.2)
@@ -169,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.002)
             pause_asked.clear()
             if args.paused_file:
-                write_atomic(args.paused_file, probe.summary())
+                write_json(args.paused_file, probe.summary())
         if args.progress:
-            write_atomic(args.progress, probe.summary())
+            write_json(args.progress, probe.summary())
         if args.duration and time.monotonic() - started >= args.duration:
             break
         if args.count and not sender.is_alive():
@@ -183,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     receiver.join()
     result = probe.summary()
     result["duration_s"] = round(time.monotonic() - started, 3)
-    write_atomic(args.out, result)
+    write_json(args.out, result)
     if args.progress:
-        write_atomic(args.progress, result)
+        write_json(args.progress, result)
     return 0
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import random
 import signal
 import socket
@@ -24,15 +22,10 @@ import struct
 import threading
 import time
 
+from dataplane.lab.workloads.files import mark_ready, write_json
+
 REQUEST = struct.Struct("!IQ")
 REPLY = struct.Struct("!IQQ")
-
-
-def write_atomic(path: str, payload: dict[str, object]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh)
-    os.replace(tmp, path)
 
 
 class SessionProbe:
@@ -153,11 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                threading.Thread(target=probe.receive_loop, daemon=True)]
     for t in threads:
         t.start()
-    if args.ready_file:
-        write_atomic(args.ready_file, {"pid": os.getpid()})
+    mark_ready(args.ready_file)
     while not done.wait(0.2):
         if args.progress:
-            write_atomic(args.progress, probe.summary())
+            write_json(args.progress, probe.summary())
     probe.new_requests.clear()
     deadline = time.monotonic() + args.grace
     while time.monotonic() < deadline and probe.summary()["lost"]:
@@ -166,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in threads:
         t.join()
     result = probe.summary()
-    write_atomic(args.out, result)
+    write_json(args.out, result)
     if args.progress:
-        write_atomic(args.progress, result)
+        write_json(args.progress, result)
     return 0
 
 

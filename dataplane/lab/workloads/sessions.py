@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 
+from dataplane.lab.workloads.files import mark_ready
 from state_transfer.agent import Agent, StoreState, preload
 from state_transfer.store import StateStore
 
@@ -121,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=dirty_loop, args=(store, blobs, args.dirty_rate),
                      daemon=True).start()
     preload()
-    if args.ready_file:
-        with open(f"{args.ready_file}.tmp", "w") as fh:
-            fh.write(str(os.getpid()))
-        os.replace(f"{args.ready_file}.tmp", args.ready_file)
+    mark_ready(args.ready_file)
 
     held: collections.deque[tuple[bytes, tuple[str, int]]] = collections.deque(maxlen=100_000)
     while True:
