@@ -85,8 +85,6 @@ wire = _phase_task(Phase.WIRE)
 sync = _phase_task(Phase.SYNC)
 cutover = _phase_task(Phase.CUTOVER)
 release = _phase_task(Phase.RELEASE)
-PHASE_TASKS = {Phase.ADMIT: admit, Phase.PLACE: place, Phase.WIRE: wire, Phase.SYNC: sync,
-               Phase.CUTOVER: cutover, Phase.RELEASE: release}
 
 
 @app.task(name="move.complete")

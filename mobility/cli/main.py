@@ -23,6 +23,9 @@ app = typer.Typer(help="Move running services between clusters.", no_args_is_hel
                   add_completion=False)
 lab_app = typer.Typer(help="The local multi-cluster lab.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
+chain_app = typer.Typer(help="Service chains (client -> middleboxes -> server).",
+                        no_args_is_help=True)
+app.add_typer(chain_app, name="chain")
 out = Console()
 err = Console(stderr=True)
 
@@ -235,6 +238,49 @@ def demo(
         out.print(table)
     if not ok:
         raise typer.Exit(1)
+
+
+def chain_request(path: str) -> dict[str, Any]:
+    """The body of ``POST /v1/chains`` from a chain file (TOML: name, rate, [[elements]])."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise typer.BadParameter(f"{path}: {exc}") from exc
+    unknown = sorted(set(raw) - {"name", "rate", "elements"})
+    if unknown or "name" not in raw or not isinstance(raw.get("elements"), list):
+        extra = f"; unknown keys: {unknown}" if unknown else ""
+        raise typer.BadParameter(f"{path}: a chain file has name, rate and [[elements]] "
+                                 f"(name, workload, cluster){extra}")
+    return {"name": raw["name"], "rate": raw.get("rate", 1000.0), "elements": raw["elements"]}
+
+
+@chain_app.command("deploy")
+def chain_deploy(path: str, as_json: JsonOpt = False) -> None:
+    """Deploy the chain a file declares (through the API)."""
+    body = chain_request(path)
+    with httpx.Client(base_url=get_settings().api_url, timeout=300) as api:
+        resp = api.post("/v1/chains", json=body)
+    if resp.status_code >= 400:
+        err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(resp.json()))
+    else:
+        out.print(f"chain {body['name']}: " + " -> ".join(resp.json()["services"]))
+
+
+@chain_app.command("delete")
+def chain_delete(name: str) -> None:
+    """Remove a chain, its client first."""
+    with httpx.Client(base_url=get_settings().api_url, timeout=300) as api:
+        resp = api.delete(f"/v1/chains/{name}")
+    if resp.status_code >= 400:
+        err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
+        raise typer.Exit(1)
+    out.print(f"chain {name} removed")
 
 
 @app.command("move")

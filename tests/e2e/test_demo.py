@@ -67,3 +67,25 @@ def test_demo_stateful(lab_stack: Stack, tmp_path: Path) -> None:
     assert {"state_bytes", "precopy_rounds", "freeze_ms", "counters_ok"} <= set(summary)
     assert summary["status"] == "succeeded" and summary["counters_ok"] is True
     assert summary["probes_lost"] == 0 and summary["state_bytes"] > 16 * 2**20
+
+
+def test_chain_file_deploys_through_the_cli(lab_stack: Stack, tmp_path: Path) -> None:
+    chain = tmp_path / "chain.toml"
+    chain.write_text('name = "filed"\nrate = 200\n'
+                     '[[elements]]\nname = "c"\nworkload = "probe"\ncluster = "core"\n'
+                     '[[elements]]\nname = "mb"\nworkload = "middlebox"\ncluster = "edge"\n'
+                     '[[elements]]\nname = "s"\nworkload = "echo"\ncluster = "core"\n')
+    env = dict(os.environ, MOBILITY_API_PORT=str(lab_stack.api_port),
+               MOBILITY_ENV_FILE=os.devnull)
+    mobility = str(Path(sys.executable).parent / "mobility")
+    proc = subprocess.run([mobility, "chain", "deploy", str(chain), "--json"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["services"] == ["filed-c", "filed-mb", "filed-s"]
+    chain.write_text('name = "bad"\nelements = 3\n')
+    proc = subprocess.run([mobility, "chain", "deploy", str(chain)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "elements" in proc.stderr
+    proc = subprocess.run([mobility, "chain", "delete", "filed"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
