@@ -8,7 +8,9 @@ from mobility.models import Cluster, Instance, Link, Node
 from mobility.ports import NodeAgent
 
 
-class AgentWiring:
+class OnNodes:
+    """A port carried out by node agents: each call goes to the node holding the instance."""
+
     def __init__(self, agent: NodeAgent, clusters: Callable[[], dict[str, Cluster]], *,
                  call_timeout: float) -> None:
         self.agent = agent
@@ -17,6 +19,9 @@ class AgentWiring:
 
     def _node(self, instance: Instance) -> Node:
         return self.clusters()[instance.cluster].node(instance.node)
+
+
+class AgentWiring(OnNodes):
 
     def _underlay_mtu(self, *instances: Instance) -> int:
         """The smallest underlay MTU on the link's path: both ends must fit through it."""

@@ -6,23 +6,14 @@ because only that agent runs inside the node (it owns the node's namespace and p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from mobility.models import Cluster, Instance, Node, Params
-from mobility.ports import NodeAgent
+from mobility.models import Instance, Params
+from mobility.wiring import OnNodes
 from state_transfer.control import AgentClient
 
 
-class LabFederation:
-    def __init__(self, agent: NodeAgent, clusters: Callable[[], dict[str, Cluster]], *,
-                 call_timeout: float) -> None:
-        self.agent = agent
-        self.clusters = clusters
-        self.call_timeout = call_timeout
-
-    def _node(self, instance: Instance) -> Node:
-        return self.clusters()[instance.cluster].node(instance.node)
+class LabFederation(OnNodes):
 
     def place(self, *, instance: Instance, workload: str, params: Params, start: bool) -> None:
         self.agent.call(self._node(instance), "create_pod",
