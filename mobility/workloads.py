@@ -33,7 +33,7 @@ STATEFUL = frozenset({"sessions"})
 # Workloads that send to exactly one peer service.
 CLIENTS = frozenset({"probe", "session-probe"})
 # Clients that can pause and resume, so that moving them loses nothing.
-PAUSABLE = frozenset({"probe"})
+PAUSABLE = frozenset({"probe", "session-probe"})
 
 
 def check(workload: str, params: Params) -> Params:

@@ -62,12 +62,15 @@ def workload_argv(workload: str, params: dict[str, Any], pod_dir: Path) -> list[
             argv.append("--restore")
         return argv
     if workload == "session-probe":
-        return [sys.executable, "-m", "dataplane.lab.workloads.session_probe",
+        argv = [sys.executable, "-m", "dataplane.lab.workloads.session_probe",
                 "--target", str(params["target"]), "--rate", str(float(params.get("rate", 1000))),
                 "--sessions", str(int(params.get("sessions", 16))),
                 "--rto-ms", str(float(params.get("rto_ms", 100))),
                 "--out", str(pod_dir / "probe.json"), "--progress", str(pod_dir / "progress.json"),
-                "--ready-file", ready]
+                "--paused-file", str(pod_dir / "paused"), "--ready-file", ready]
+        if params.get("paused"):
+            argv.append("--paused")
+        return argv
     raise DataplaneError(f"unknown workload {workload!r}")
 
 
