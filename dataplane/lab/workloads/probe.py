@@ -20,6 +20,7 @@ import struct
 import threading
 import time
 
+from dataplane.lab.workloads import pausing
 from dataplane.lab.workloads.files import mark_ready, write_json
 
 PACKET = struct.Struct("!Qd")
@@ -119,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--progress")
     parser.add_argument("--ready-file")
-    parser.add_argument("--paused", action="store_true",
-                        help="start paused: a moved client sends once its links carry traffic")
-    parser.add_argument("--paused-file", help="written once paused with nothing in flight")
+    pausing.add_arguments(parser)
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
     if args.rate <= 0:
@@ -131,20 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    pause_asked = threading.Event()
-    # SIGUSR1: stop sending and report when nothing is in flight (before a cutover moves this
-    # client's traffic elsewhere); SIGUSR2: send again.
-    def pause(*_: object) -> None:
-        probe.sending.clear()
-        pause_asked.set()
-
-    def go_on(*_: object) -> None:
-        probe.sending.set()
-
-    signal.signal(signal.SIGUSR1, pause)
-    signal.signal(signal.SIGUSR2, go_on)
-    if args.paused:
-        probe.sending.clear()
+    pause = pausing.PauseControl(probe.sending, args)
     sender = threading.Thread(target=probe.send_loop, daemon=True)
     receiver = threading.Thread(target=probe.receive_loop, daemon=True)
     receiver.start()
@@ -152,14 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     mark_ready(args.ready_file)
     started = time.monotonic()
     while not done.is_set():
-        done.wait(0.01 if pause_asked.is_set() else 0.2)
-        if pause_asked.is_set():
-            deadline = time.monotonic() + 0.2
-            while probe.received + probe.duplicated < probe.sent and time.monotonic() < deadline:
-                time.sleep(0.002)
-            pause_asked.clear()
-            if args.paused_file:
-                write_json(args.paused_file, probe.summary())
+        done.wait(pause.poll_s)
+        pause.settle(in_flight=lambda: probe.received + probe.duplicated < probe.sent,
+                     summary=probe.summary, timeout=0.2)
         if args.progress:
             write_json(args.progress, probe.summary())
         if args.duration and time.monotonic() - started >= args.duration:

@@ -22,6 +22,7 @@ import struct
 import threading
 import time
 
+from dataplane.lab.workloads import pausing
 from dataplane.lab.workloads.files import mark_ready, write_json
 
 REQUEST = struct.Struct("!IQ")
@@ -137,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--progress")
     parser.add_argument("--ready-file")
-    parser.add_argument("--paused", action="store_true",
-                        help="start paused: a moved client sends once its links carry traffic")
-    parser.add_argument("--paused-file", help="written once paused with nothing outstanding")
+    pausing.add_arguments(parser)
     args = parser.parse_args(argv)
     host, _, port = args.target.rpartition(":")
     probe = SessionProbe((host, int(port)), rate=args.rate, sessions=args.sessions,
@@ -147,34 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    pause_asked = threading.Event()
-
-    def pause(*_: object) -> None:
-        # before this client's cutover: no new requests, and wait (retransmitting) until
-        # every outstanding one is answered
-        probe.new_requests.clear()
-        pause_asked.set()
-
-    def go_on(*_: object) -> None:
-        probe.new_requests.set()
-
-    signal.signal(signal.SIGUSR1, pause)
-    signal.signal(signal.SIGUSR2, go_on)
-    if args.paused:
-        probe.new_requests.clear()
+    # paused: no new requests, while outstanding ones are retransmitted until answered
+    pause = pausing.PauseControl(probe.new_requests, args)
     threads = [threading.Thread(target=probe.send_loop, daemon=True),
                threading.Thread(target=probe.receive_loop, daemon=True)]
     for t in threads:
         t.start()
     mark_ready(args.ready_file)
-    while not done.wait(0.01 if pause_asked.is_set() else 0.2):
-        if pause_asked.is_set():
-            deadline = time.monotonic() + 1.5
-            while probe.summary()["lost"] and time.monotonic() < deadline:
-                time.sleep(0.002)
-            pause_asked.clear()
-            if args.paused_file:
-                write_json(args.paused_file, probe.summary())
+    while not done.wait(pause.poll_s):
+        pause.settle(in_flight=lambda: bool(probe.summary()["lost"]), summary=probe.summary,
+                     timeout=1.5)
         if args.progress:
             write_json(args.progress, probe.summary())
     probe.new_requests.clear()
