@@ -7,8 +7,8 @@ from fastapi import FastAPI
 from api import errors
 from api.routers import automation, chains, clusters, health, moves, services
 from mobility.moving import MoveRequests
-from mobility.registry import Registry
 from mobility.settings import Settings, get_settings
+from mobility.store import Registry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -7,8 +7,8 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from mobility.moving import MoveRequests
-from mobility.registry import Registry
 from mobility.settings import Settings
+from mobility.store import Registry
 
 
 def get_registry(request: Request) -> Registry:

@@ -1,4 +1,8 @@
-"""One place that maps the engine's errors to HTTP: bad input is a 4xx, never a 500."""
+"""The one place that maps the engine's errors to HTTP: bad input is a 4xx, never a 500.
+
+The status follows the error's wire kind (:func:`mobility.errors.kind_of`), the same kind a
+worker's answer carries, so an error raised here and one that came back from a task map alike.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +12,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from mobility.errors import (
-    Conflict,
-    FederationError,
-    Invalid,
-    MobilityError,
-    NotFound,
-    PlacementError,
-)
+from mobility.errors import MobilityError, kind_of
 
 log = logging.getLogger(__name__)
 
+STATUS = {"not_found": 404, "conflict": 409, "invalid": 422, "stale": 409, "failed": 502}
+
 
 def status_of(exc: MobilityError) -> int:
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict | PlacementError):
-        return 409
-    if isinstance(exc, Invalid):
-        return 422
-    if isinstance(exc, FederationError):
+    kind = kind_of(exc)
+    if kind == "federation":
         return 503 if exc.retryable else 502
-    return 500
-
-
-class ApiError(MobilityError):
-    """An error raised by a handler with an explicit status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    return STATUS.get(kind, 500)
 
 
 def install(app: FastAPI) -> None:
@@ -51,7 +37,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(MobilityError)
     async def _mobility(request: Request, exc: MobilityError) -> JSONResponse:
-        status = exc.status if isinstance(exc, ApiError) else status_of(exc)
+        status = status_of(exc)
         if status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(status_code=status, content={"detail": str(exc)})

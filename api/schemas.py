@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mobility.models import Cluster, Instance, Move, Service
+from mobility.models import Cluster, Instance, Move, PathHealth, Service
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")]
 
@@ -94,6 +94,17 @@ class LinkOut(BaseModel):
     ip: str
 
 
+class HealthOut(BaseModel):
+    ok: bool
+    checked_at: float
+    node: str
+    links: dict[str, str] = Field(description='link id -> "ok", "repaired: ..." or "broken: ..."')
+
+    @classmethod
+    def of(cls, h: PathHealth) -> HealthOut:
+        return cls(ok=h.ok, checked_at=h.checked_at, node=h.node, links=dict(h.links))
+
+
 class ServiceOut(BaseModel):
     name: str
     workload: str
@@ -102,16 +113,16 @@ class ServiceOut(BaseModel):
     moving: str | None
     links: list[LinkOut]
     chain: str | None = None
-    health: dict[str, Any] | None = Field(
+    health: HealthOut | None = Field(
         default=None, description="path health from the node agent's last check (None: none "
                                   "in the last 10 s)")
 
     @classmethod
     def of(cls, s: Service, links: list[LinkOut],
-           health: dict[str, Any] | None = None) -> ServiceOut:
+           health: PathHealth | None = None) -> ServiceOut:
         return cls(name=s.name, workload=s.workload, params=dict(s.params),
                    instance=InstanceOut.of(s.instance), moving=s.moving, links=links,
-                   chain=s.chain, health=health)
+                   chain=s.chain, health=HealthOut.of(health) if health else None)
 
 
 class NodeOut(BaseModel):

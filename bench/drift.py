@@ -19,9 +19,9 @@ import time
 
 import httpx
 
+from cli.demo import remove_demo_services, wait_probe
+from cli.stack import default_stack
 from dataplane.netlink import Netlink
-from mobility.cli.demo import remove_demo_services, wait_probe
-from mobility.cli.stack import default_stack
 from workers.reconciling import INTERVAL_S
 
 SVC, CLIENT = "demo-echo", "demo-client"

@@ -24,14 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from mobility.backends.kube.client import KubeClient
+from mobility.backends.kube.kubefed import KubeFedFederation
+from mobility.backends.kube.nsm import NsmWiring
 from mobility.deploying import Deployer
-from mobility.federation.kubefed import KubeClient, KubeFedFederation
 from mobility.models import Cluster, MoveStatus, Node
-from mobility.moving import Engine
-from mobility.nsm import NsmWiring
+from mobility.moving import Engine, MoveRequests
 from mobility.phases import ORDER
-from mobility.registry import Registry
 from mobility.settings import Settings
+from mobility.store import Registry
 from tests.conftest import RedisServer
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.stateless import NoStateAgents
@@ -110,7 +111,8 @@ def main() -> int:
             failed = 0
             for i in range(args.moves):
                 to = "member-b" if i % 2 == 0 else "member-a"
-                move = engine.request_move(service="bench-echo", to_cluster=to, origin="bench")
+                requests = MoveRequests(registry=engine.registry, settings=engine.settings)
+                move = requests.request_move(service="bench-echo", to_cluster=to, origin="bench")
                 try:
                     for phase in ORDER:
                         engine.run_phase(move.id, move.epoch, phase)

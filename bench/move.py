@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from mobility.cli.demo import follow_events, wait_probe
-from mobility.cli.stack import Stack, default_stack
+from cli.demo import follow_events, wait_probe
+from cli.stack import Stack, default_stack
 from workers.app import client
 
 ECHO, CLIENT = "bench-echo", "bench-client"

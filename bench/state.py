@@ -30,9 +30,9 @@ from typing import Any
 
 import httpx
 
+from cli.demo import follow_events, remove_demo_services, wait_probe
+from cli.stack import Stack, default_stack
 from dataplane.lab import topology
-from mobility.cli.demo import follow_events, remove_demo_services, wait_probe
-from mobility.cli.stack import Stack, default_stack
 
 SVC, CLIENT = "demo-echo", "demo-client"
 

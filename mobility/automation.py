@@ -13,11 +13,11 @@ import math
 import time
 from typing import Any
 
-from mobility import keys, policies, rebalancing
+from mobility import policies, rebalancing
 from mobility.errors import Invalid, MobilityError
 from mobility.policies import Decision, Policy, SeriesKey
-from mobility.rebalancing import Constraints, MaintenanceWindow, Plan, ServiceLoad
-from mobility.registry import Registry
+from mobility.rebalancing import Constraints, Plan, ServiceLoad
+from mobility.store import Registry
 
 # The series a signal may carry; anything else is refused (a typo would never trigger).
 SERIES = frozenset({"latency_ms", "rtt_ms", "cpu", "load", "requests_per_s", "free_capacity"})
@@ -29,8 +29,8 @@ KEEP_SAMPLES = 2000
 SLOTS_PER_NODE = 8
 
 
-def check_samples(batch: list[dict[str, Any]], *, now: float) -> list[
-        tuple[tuple[str, str, str | None, str | None], float, float]]:
+def check_samples(batch: list[dict[str, Any]], *,
+                  now: float) -> list[tuple[SeriesKey, float, float]]:
     """Samples ready to store, or Invalid naming the first bad one; nothing is stored then."""
     if len(batch) > MAX_BATCH:
         raise Invalid(f"a batch holds at most {MAX_BATCH} samples, this one {len(batch)}")
@@ -49,8 +49,8 @@ def check_samples(batch: list[dict[str, Any]], *, now: float) -> list[
             raise Invalid(f"sample {i}: ts is {ts - now:.0f} s in the future")
         if ts < now - MAX_AGE_S:
             raise Invalid(f"sample {i}: ts is older than {MAX_AGE_S:.0f} s")
-        out.append(((series, s["cluster"], s.get("service"), s.get("region")), float(ts),
-                    float(value)))
+        out.append((SeriesKey(series=series, cluster=s["cluster"], service=s.get("service"),
+                              region=s.get("region")), float(ts), float(value)))
     return out
 
 
@@ -67,7 +67,7 @@ def _capacity(registry: Registry) -> dict[str, float]:
 
 
 def load_policies(registry: Registry) -> list[Policy]:
-    return [Policy.from_dict(p) for p in registry.policies()]
+    return registry.policies()
 
 
 def evaluate(registry: Registry, *, now: float | None = None) -> list[Decision]:
@@ -76,8 +76,7 @@ def evaluate(registry: Registry, *, now: float | None = None) -> list[Decision]:
     services = registry.services()
     placements = {s.name: s.instance.cluster for s in services.values() if s.instance}
     clusters = registry.clusters()
-    signals = {SeriesKey(series=k[0], cluster=k[1], service=k[2], region=k[3]): v
-               for k, v in registry.samples().items()}
+    signals = registry.samples()
     capacity = _capacity(registry)
     used: dict[str, float] = {}
     for cluster in placements.values():
@@ -95,15 +94,7 @@ def evaluate(registry: Registry, *, now: float | None = None) -> list[Decision]:
 
 
 def constraints(registry: Registry) -> Constraints:
-    raw = registry.get_blob(keys.REBALANCE_CONFIG) or {}
-    return Constraints(
-        pinned=frozenset(raw.get("pinned", [])),
-        anti_affinity={g: frozenset(m) for g, m in dict(raw.get("anti_affinity", {})).items()},
-        max_moves=int(raw.get("max_moves", 4)),
-        windows=tuple(MaintenanceWindow(cluster=w["cluster"], start=float(w["start"]),
-                                        end=float(w["end"]))
-                      for w in raw.get("windows", [])),
-    )
+    return registry.rebalance_config()
 
 
 def plan(registry: Registry, *, now: float | None = None) -> Plan:
@@ -112,9 +103,9 @@ def plan(registry: Registry, *, now: float | None = None) -> Plan:
     now = time.time() if now is None else now
     services = registry.services()
     latest: dict[str, float] = {}
-    for (series, _cluster, service, _region), samples in registry.samples().items():
-        if series == "load" and service and samples:
-            latest[service] = samples[-1][1]
+    for key, samples in registry.samples().items():
+        if key.series == "load" and key.service and samples:
+            latest[key.service] = samples[-1][1]
     base = constraints(registry)
     moving = frozenset(s.name for s in services.values() if s.moving)
     cons = Constraints(pinned=base.pinned | moving, anti_affinity=base.anti_affinity,

@@ -16,8 +16,8 @@ from mobility.chains import Chain
 from mobility.errors import Conflict, FederationError, Invalid, MobilityError, NotFound
 from mobility.models import Instance, Link, LinkEnd, Params, Service
 from mobility.ports import Federation, Wiring
-from mobility.registry import Registry
 from mobility.settings import Settings
+from mobility.store import Registry
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class Deployer:
         taken = sorted(set(chain.services) & existing)
         if taken:
             raise Conflict(f"services {taken} already exist")
-        self.registry.put_chain(chain.to_dict())
+        self.registry.put_chain(chain)
         deployed: list[str] = []
         try:
             elements = list(chain.elements)
@@ -227,10 +227,9 @@ class Deployer:
         return [s for s in (self.registry.get_service(n) for n in names) if s is not None]
 
     def remove_chain(self, name: str) -> None:
-        raw = self.registry.get_chain(name)
-        if raw is None:
+        chain = self.registry.get_chain(name)
+        if chain is None:
             raise NotFound(f"chain {name!r} does not exist")
-        chain = Chain.from_dict(raw)
         moving = [s.name for s in (self.registry.get_service(n) for n in chain.services)
                   if s is not None and s.moving]
         if moving:

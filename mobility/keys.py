@@ -1,6 +1,14 @@
-"""Every Redis key the project uses. No key string is built anywhere else."""
+"""Every Redis key the project uses. No key string is built anywhere else.
+
+The state channel's keys are the SDK's own (:mod:`state_transfer.keys`, which must not import
+the orchestrator); they are re-exported here so this module still lists every key.
+"""
 
 from __future__ import annotations
+
+from state_transfer.keys import state_acked as state_acked
+from state_transfer.keys import state_frames as state_frames
+from state_transfer.keys import state_keys as state_keys
 
 PREFIX = "mob:"
 
@@ -71,18 +79,3 @@ def service_health(name: str) -> str:
 
 def service_lock(name: str) -> str:
     return f"{PREFIX}lock:service:{name}"
-
-
-def state_frames(move_id: str) -> str:
-    """The Redis stream carrying one move's state frames."""
-    return f"{PREFIX}state:{move_id}:frames"
-
-
-def state_acked(move_id: str) -> str:
-    """Bytes of the move's frames the target has applied (the source's back-pressure)."""
-    return f"{PREFIX}state:{move_id}:acked"
-
-
-def state_keys(move_id: str) -> list[str]:
-    """Every key a move's state transfer may create (all expire once the move ends)."""
-    return [state_frames(move_id), state_acked(move_id)]

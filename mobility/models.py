@@ -7,6 +7,7 @@ msgpack without pickle, and the API can map them to its own schemas.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -236,7 +237,9 @@ class Event:
     """One entry of a move's event stream."""
 
     move_id: str
-    kind: str  # phase_started, phase_ended, phase_failed, compensated, status
+    # status, phase_started, phase_ended, precopy_round, final_delta, freeze_window,
+    # cutover_confirmed, compensated, compensation_failed, reaped
+    kind: str
     ts: float
     phase: str | None = None
     detail: str = ""
@@ -244,3 +247,23 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PathHealth:
+    """A service's paths as its node agent last checked them (``links``: link id -> "ok",
+    "repaired: ..." or "broken: ...")."""
+
+    ok: bool
+    checked_at: float
+    node: str
+    links: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked_at": self.checked_at, "node": self.node,
+                "links": dict(self.links)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PathHealth:
+        return cls(ok=bool(d["ok"]), checked_at=float(d["checked_at"]), node=str(d["node"]),
+                   links={str(k): str(v) for k, v in dict(d.get("links") or {}).items()})

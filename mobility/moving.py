@@ -18,12 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from mobility import planning, workloads
-from mobility.errors import InjectedFault, Invalid, MobilityError, MoveAborted, PhaseFailed
+from mobility.errors import (
+    InjectedFault,
+    Invalid,
+    MobilityError,
+    MoveAborted,
+    PhaseFailed,
+    StaleEpoch,
+)
 from mobility.models import Event, Instance, Link, Move, MoveStatus, Phase, Service
-from mobility.phases import COMPENSATIONS, compensation_plan, recovery, remaining
+from mobility.phases import COMPENSATIONS, compensation_plan, last_done, recovery, remaining
 from mobility.ports import Federation, StateAgent, StateAgents, Wiring
-from mobility.registry import Registry, StaleEpoch, new_move_id
 from mobility.settings import Settings
+from mobility.store import Registry, new_move_id
 from state_transfer.errors import StateTransferError
 from state_transfer.frames import new_key
 
@@ -47,6 +54,22 @@ class Reaped:
     phases: tuple[Phase, ...] = ()
 
 
+class Journal:
+    """Writes a move's events (both sides of moves write them, with the same time-to-live)."""
+
+    def __init__(self, *, registry: Registry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
+
+    def __call__(self, move_id: str, kind: str, *, phase: Phase | None = None,
+                 detail: str = "") -> None:
+        self.registry.add_event(
+            Event(move_id=move_id, kind=kind, ts=time.time(),
+                  phase=str(phase) if phase else None, detail=detail),
+            ttl_s=self.settings.event_ttl_s,
+        )
+
+
 class MoveRequests:
     """The API's side of moves: validate and record a move, ask for an abort.
 
@@ -56,6 +79,7 @@ class MoveRequests:
     def __init__(self, *, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
+        self._event = Journal(registry=registry, settings=settings)
 
     def request_move(self, *, service: str, to_cluster: str, faults: list[str] | None = None,
                      origin: str = "api", strategy: str = "precopy",
@@ -87,21 +111,15 @@ class MoveRequests:
 
         return self.registry.update_move(move_id, ask)
 
-    def _event(self, move_id: str, kind: str, *, phase: Phase | None = None,
-               detail: str = "") -> None:
-        self.registry.add_event(
-            Event(move_id=move_id, kind=kind, ts=time.time(),
-                  phase=str(phase) if phase else None, detail=detail),
-            ttl_s=self.settings.event_ttl_s,
-        )
 
-
-class Engine(MoveRequests):
+class Engine:
     """The worker's side: runs phases and compensations against the ports."""
 
     def __init__(self, *, registry: Registry, federation: Federation, wiring: Wiring,
                  state_agents: StateAgents, settings: Settings) -> None:
-        super().__init__(registry=registry, settings=settings)
+        self.registry = registry
+        self.settings = settings
+        self._event = Journal(registry=registry, settings=settings)
         self.federation = federation
         self.wiring = wiring
         self.state_agents = state_agents
@@ -465,9 +483,7 @@ class Engine(MoveRequests):
                 continue  # someone else took it over first
             phases: tuple[Phase, ...] = ()
             if action == "forward":
-                last_done = max((Phase(p) for p in bumped.phases_done),
-                                key=lambda p: list(Phase).index(p), default=None)
-                phases = tuple(remaining(last_done))
+                phases = tuple(remaining(last_done(bumped)))
             self._event(move.id, "reaped", detail=f"worker lost; {action} at epoch {bumped.epoch}")
             log.warning("move %s: worker lost, %s at epoch %s", move.id, action, bumped.epoch)
             taken.append(Reaped(move.id, bumped.epoch, action, phases))

@@ -14,6 +14,7 @@ Pure functions over :class:`Move` records, so the rules can be tested without an
 
 from __future__ import annotations
 
+from mobility.errors import TransitionError
 from mobility.models import Move, MoveStatus, Phase
 
 ORDER: tuple[Phase, ...] = (
@@ -41,10 +42,6 @@ ALLOWED: dict[MoveStatus, frozenset[MoveStatus]] = {
 }
 
 
-class TransitionError(ValueError):
-    """A status change the saga does not allow."""
-
-
 def check_transition(current: MoveStatus, new: MoveStatus) -> None:
     if new == current:
         return
@@ -52,12 +49,10 @@ def check_transition(current: MoveStatus, new: MoveStatus) -> None:
         raise TransitionError(f"move cannot go from {current} to {new}")
 
 
-def next_phase(phase: Phase | None) -> Phase | None:
-    """The phase after ``phase`` (the first one for None); None after the last."""
-    if phase is None:
-        return ORDER[0]
-    i = ORDER.index(phase)
-    return ORDER[i + 1] if i + 1 < len(ORDER) else None
+def last_done(move: Move) -> Phase | None:
+    """The latest phase in saga order that the move finished (None before ADMIT ends)."""
+    done = [p for p in ORDER if str(p) in move.phases_done]
+    return done[-1] if done else None
 
 
 def remaining(after: Phase | None) -> list[Phase]:
@@ -75,11 +70,6 @@ def compensation_plan(move: Move) -> list[Phase]:
     """
     started = [p for p in ORDER if str(p) in move.phases_started]
     return [p for p in reversed(started) if COMPENSATIONS[p] is not None]
-
-
-def may_roll_back(move: Move) -> bool:
-    """Rolling back is allowed until the cutover is confirmed; after it, only forward."""
-    return not move.cutover_confirmed
 
 
 def recovery(move: Move) -> str:

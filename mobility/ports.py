@@ -1,20 +1,28 @@
 """The ports the engine needs. Adapters at the edges implement them.
 
 ``NodeAgent`` reaches the agent on one node (Celery queue ``dataplane.<cluster>.<node>`` in
-``workers``); ``Federation`` starts and stops instances (the lab, later KubeFed or Karmada);
-``Wiring`` makes link ends and switches peers.
+``workers``) with a typed operation from :mod:`mobility.node_ops`; ``Federation`` starts and
+stops instances (the lab, KubeFed or Karmada, in :mod:`mobility.backends`); ``Wiring`` makes
+link ends and switches peers. Each adapter is checked against its Protocol under
+``TYPE_CHECKING`` where it is defined.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mobility.models import Instance, Link, Node, Params
+from mobility.node_ops import NodeOp
+
+R = TypeVar("R")
 
 
 class NodeAgent(Protocol):
-    def call(self, node: Node, op: str, args: dict[str, Any], *, timeout: float) -> Any:
-        """Run ``op`` on ``node``'s agent and return its result; raises FederationError."""
+    def call(self, node: Node, op: NodeOp[R], *, timeout: float) -> R:
+        """Run ``op`` on ``node``'s agent and return its result; raises FederationError.
+
+        ``timeout`` is the caller's default; an operation may ask for longer
+        (:meth:`NodeOp.call_timeout`)."""
         ...
 
 

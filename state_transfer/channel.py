@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 
-from mobility import keys
+from state_transfer import keys
 from state_transfer.errors import FrameError, StateTransferError
 from state_transfer.frames import END, PUT, Frame, FrameCodec, Reassembler, Sequencer
 from state_transfer.resp import RespWriter

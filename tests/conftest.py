@@ -93,8 +93,8 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     teardown checks that no namespace, host link or process of the lab is left.
     """
     require_root()
+    from cli.stack import Stack
     from dataplane.lab import topology
-    from mobility.cli.stack import Stack
 
     name = unique_prefix("smt")
     plan = topology.plan(topology.load_config(name=name, underlay=TEST_UNDERLAY))
@@ -105,7 +105,7 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         stack.up()
         yield stack
     finally:
-        from mobility.cli.stack import reap_children
+        from cli.stack import reap_children
 
         topology.down(name)
         reap_children()

@@ -1,36 +1,43 @@
-"""The ``NodeAgent`` port over Celery: a call is a task on the node's own queue."""
+"""The ``NodeAgent`` port over Celery: an operation is a task on the node's own queue."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import TypeVar
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from mobility.errors import FederationError, NodeUnavailable
+from mobility.errors import FederationError, NodeUnavailable, from_wire
 from mobility.models import Node
+from mobility.node_ops import NodeOp
 from workers.app import app
 from workers.routing import node_queue
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
+
 
 class CeleryNodeAgent:
-    def call(self, node: Node, op: str, args: dict[str, Any], *, timeout: float) -> Any:
+    def call(self, node: Node, op: NodeOp[R], *, timeout: float) -> R:
         queue = node_queue(node.cluster, node.name)
+        limit = op.call_timeout(timeout)
         # ``expires``: an agent that comes back late drops the call instead of acting on a
         # request its caller has already given up on (and maybe compensated).
-        result = app.send_task(f"node.{op}", args=[args], queue=queue, expires=timeout)
+        result = app.send_task(op.TASK, args=[op.to_args()], queue=queue, expires=limit)
         try:
-            answer = result.get(timeout=timeout, disable_sync_subtasks=False)
+            answer = result.get(timeout=limit, disable_sync_subtasks=False)
         except CeleryTimeout as exc:
-            raise NodeUnavailable(f"node {node.cluster}/{node.name} did not answer {op} within "
-                                  f"{timeout:g} s (is its agent running?)") from exc
+            raise NodeUnavailable(f"node {node.cluster}/{node.name} did not answer {op.TASK} "
+                                  f"within {limit:g} s (is its agent running?)") from exc
         finally:
             result.forget()
-        if not isinstance(answer, dict) or "ok" not in answer:
-            raise FederationError(f"node {node.cluster}/{node.name}: malformed answer to {op}")
+        if not isinstance(answer, Mapping) or "ok" not in answer:
+            raise FederationError(f"node {node.cluster}/{node.name}: malformed answer to "
+                                  f"{op.TASK}")
         if not answer["ok"]:
-            raise FederationError(f"{op} on {node.cluster}/{node.name}: {answer['error']}",
-                                  retryable=bool(answer.get("retryable")))
-        return answer.get("value")
+            err = from_wire(dict(answer))
+            raise FederationError(f"{op.TASK} on {node.cluster}/{node.name}: {err}",
+                                  retryable=err.retryable)
+        return op.decode(answer.get("value"))

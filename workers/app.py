@@ -50,7 +50,8 @@ def configure(app: Celery, url: str) -> None:
         redbeat_redis_url=url,
         redbeat_key_prefix=keys.REDBEAT_PREFIX,
         redbeat_lock_timeout=30,
-        include=["workers.moves", "workers.node", "workers.clusters", "workers.automation"],
+        include=["workers.moves", "workers.deploying", "workers.node", "workers.clusters",
+                 "workers.automation"],
     )
 
 

@@ -6,7 +6,9 @@ import logging
 import time
 from typing import Any
 
-from mobility import automation, keys
+from mobility import automation
+from mobility.moving import MoveRequests
+from mobility.store import RebalanceRun
 from workers.app import app
 from workers.canvas import start_move
 from workers.moves import engine, registry
@@ -14,11 +16,16 @@ from workers.moves import engine, registry
 log = logging.getLogger(__name__)
 
 
+def _requests() -> MoveRequests:
+    e = engine()
+    return MoveRequests(registry=e.registry, settings=e.settings)
+
+
 @app.task(name="policies.tick")
 def tick() -> dict[str, Any]:
     """Evaluate every policy; start the moves they call for."""
     decisions = automation.evaluate(registry())
-    started, refused = automation.start_decided(engine(), decisions, start_move)
+    started, refused = automation.start_decided(_requests(), decisions, start_move)
     if started or refused:
         log.info("policies started %s, refused %s", started, refused)
     return {"started": started, "refused": refused}
@@ -28,9 +35,8 @@ def tick() -> dict[str, Any]:
 def rebalance() -> dict[str, Any]:
     """Plan and start a rebalance; the plan run is kept for ``GET /v1/rebalance/last``."""
     plan = automation.plan(registry())
-    started, refused = automation.run_plan(engine(), plan, start_move)
-    record = {"at": time.time(), "plan": plan.to_dict(), "started": started,
-              "refused": refused}
-    registry().put_blob(keys.REBALANCE_LAST, record)
+    started, refused = automation.run_plan(_requests(), plan, start_move)
+    run = RebalanceRun.of(at=time.time(), plan=plan, started=started, refused=refused)
+    registry().put_last_rebalance(run)
     log.info("rebalance: %d moves started, %d refused", len(started), len(refused))
-    return record
+    return run.to_dict()

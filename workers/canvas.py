@@ -1,16 +1,31 @@
 """The move canvas, built from task *names*: whoever starts a move (the API, the reaper)
-needs only the Celery app, not the worker's implementations and their dependencies."""
+needs only the Celery app, not the worker's implementations and their dependencies.
+
+Every task name the API or a tool sends is spelled here, once; :func:`run` is the one way to
+run a task and wait for its answer, with the error wire form turned back into an error.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import chain
 
+from mobility.errors import NodeUnavailable, from_wire
 from mobility.models import Phase
+from mobility.phases import ORDER
 from workers.app import app
 from workers.routing import ORCHESTRATION
+
+COMPLETE = "move.complete"
+COMPENSATE = "move.compensate"
+DEPLOY_SERVICE = "services.deploy"
+REMOVE_SERVICE = "services.remove"
+DEPLOY_CHAIN = "chains.deploy"
+REMOVE_CHAIN = "chains.remove"
+JOIN_CLUSTER = "clusters.join"
+UNJOIN_CLUSTER = "clusters.unjoin"
 
 
 def phase_task(phase: Phase) -> str:
@@ -21,22 +36,34 @@ def canvas(move_id: str, epoch: int, phases: Sequence[Phase]) -> Any:
     """``phase | phase | ... | complete`` for one epoch of a move."""
     steps = [app.signature(phase_task(p), args=(move_id, epoch), immutable=True)
              for p in phases]
-    steps.append(app.signature("move.complete", args=(move_id, epoch), immutable=True))
+    steps.append(app.signature(COMPLETE, args=(move_id, epoch), immutable=True))
     return chain(*steps)
 
 
 def start_move(move_id: str) -> None:
-    canvas(move_id, 0, list(Phase)).apply_async(queue=ORCHESTRATION)
+    canvas(move_id, 0, ORDER).apply_async(queue=ORCHESTRATION)
 
 
 def compensate(move_id: str, epoch: int, reason: str) -> None:
-    app.send_task("move.compensate", args=(move_id, epoch, reason), queue=ORCHESTRATION)
+    app.send_task(COMPENSATE, args=(move_id, epoch, reason), queue=ORCHESTRATION)
 
 
-def run(task: str, *args: Any, timeout: float) -> Any:
-    """Run a task on the orchestration worker and wait for its answer."""
+def run(task: str, *args: Any, timeout: float) -> dict[str, Any]:
+    """Run a task on the orchestration worker and wait for its answer.
+
+    The answer is ``{"ok": True, ...}``; a failed one is raised as the error it stands for
+    (:func:`mobility.errors.from_wire`), and no answer in time as ``NodeUnavailable``.
+    """
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
     result = app.send_task(task, args=list(args), queue=ORCHESTRATION)
     try:
-        return result.get(timeout=timeout)
+        answer = result.get(timeout=timeout)
+    except CeleryTimeout as exc:
+        raise NodeUnavailable(f"no orchestration worker answered {task} within {timeout:g} s; "
+                              "is one running?") from exc
     finally:
         result.forget()
+    if not isinstance(answer, Mapping) or not answer.get("ok"):
+        raise from_wire(dict(answer) if isinstance(answer, Mapping) else {})
+    return dict(answer)

@@ -10,15 +10,16 @@ from typing import Any
 
 import yaml
 
-from mobility.errors import Conflict, FederationError, Invalid, MobilityError
+from mobility.errors import Conflict, Invalid, MobilityError, to_wire
 from mobility.settings import get_settings
 from workers.app import app
+from workers.canvas import JOIN_CLUSTER, UNJOIN_CLUSTER
 from workers.composition import kubefed
-from workers.moves import _error, registry
+from workers.moves import registry
 
 
 def _member(spec: dict[str, Any]) -> Any:
-    from mobility.federation.kubefed import KubeClient
+    from mobility.backends.kube.client import KubeClient
 
     raw = spec.get("kubeconfig")
     if not raw:
@@ -39,7 +40,7 @@ def _need_kubefed() -> None:
                        f"deployment runs the {backend!r} backend")
 
 
-@app.task(name="clusters.join", soft_time_limit=180)
+@app.task(name=JOIN_CLUSTER, soft_time_limit=180)
 def join(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         _need_kubefed()
@@ -51,11 +52,11 @@ def join(spec: dict[str, Any]) -> dict[str, Any]:
         cluster = fed.cluster_record(spec["name"])
         registry().put_cluster(cluster)
     except MobilityError as exc:
-        return _error(exc)
+        return to_wire(exc)
     return {"ok": True, "cluster": cluster.to_dict()}
 
 
-@app.task(name="clusters.unjoin", soft_time_limit=180)
+@app.task(name=UNJOIN_CLUSTER, soft_time_limit=180)
 def unjoin(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         _need_kubefed()
@@ -65,8 +66,6 @@ def unjoin(spec: dict[str, Any]) -> dict[str, Any]:
             raise Conflict(f"cluster {spec['name']!r} still runs {running}; move them first")
         kubefed(get_settings()).unjoin(name=spec["name"], member=_member(spec))
         registry().delete_cluster(spec["name"])
-    except FederationError as exc:
-        return _error(exc)
     except MobilityError as exc:
-        return _error(exc)
+        return to_wire(exc)
     return {"ok": True}

@@ -10,18 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mobility.federation.lab import LabFederation, LabStateAgents
-from mobility.federation.unavailable import UnavailableStateAgents
+from mobility.backends.lab import AgentWiring, LabFederation, LabStateAgents
+from mobility.backends.unavailable import UnavailableStateAgents
 from mobility.moving import Engine
-from mobility.registry import Registry
 from mobility.settings import Settings
-from mobility.wiring import AgentWiring
+from mobility.store import Registry
 from workers.agents import CeleryNodeAgent
 
 
 def kube_host(settings: Settings) -> Any:
     """A client for the KubeFed host (or the Karmada API server) from the settings."""
-    from mobility.federation.kubefed import KubeClient
+    from mobility.backends.kube.client import KubeClient
 
     return KubeClient.from_kubeconfig(settings.kubeconfig or "~/.kube/config",
                                       context=settings.kube_context,
@@ -29,7 +28,7 @@ def kube_host(settings: Settings) -> Any:
 
 
 def kubefed(settings: Settings) -> Any:
-    from mobility.federation.kubefed import KubeFedFederation
+    from mobility.backends.kube.kubefed import KubeFedFederation
 
     return KubeFedFederation(host=kube_host(settings), namespace=settings.kube_namespace,
                              domain=settings.nsm_domain)
@@ -47,15 +46,15 @@ def build_engine(settings: Settings) -> Engine:
             state_agents=LabStateAgents(Path(settings.run_root) / settings.lab_name / "pods"),
             settings=settings,
         )
-    from mobility.federation.kubefed import KubeClient
-    from mobility.nsm import NsmWiring
+    from mobility.backends.kube.client import KubeClient
+    from mobility.backends.kube.nsm import NsmWiring
 
     host = kube_host(settings)
     if settings.backend == "kubefed":
         fed = kubefed(settings)
         members = fed.member
     else:
-        from mobility.federation.karmada import KarmadaFederation
+        from mobility.backends.kube.karmada import KarmadaFederation
 
         fed = KarmadaFederation(karmada=host, namespace=settings.kube_namespace,
                                 domain=settings.nsm_domain)

@@ -1,5 +1,8 @@
 """Move tasks: one per phase, the canvas that chains them, compensation, and the reaper.
 
+Deploy and removal tasks are in :mod:`workers.deploying`, cluster membership in
+:mod:`workers.clusters`.
+
 A move's canvas is ``admit | place | wire | sync | cutover | release | complete``. A phase
 that fails dispatches ``move.compensate`` (which undoes every started phase, newest first) and
 then re-raises, which stops the chain. A phase whose error is retryable is retried in place a
@@ -10,17 +13,16 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Protocol
 
-from mobility.chains import Chain
-from mobility.deploying import Deployer
-from mobility.errors import Conflict, Invalid, MobilityError, NotFound
+from mobility.errors import MobilityError, StaleEpoch
 from mobility.models import Phase
 from mobility.moving import Engine
-from mobility.registry import Registry, StaleEpoch
+from mobility.phases import ORDER
 from mobility.settings import get_settings
+from mobility.store import Registry
 from workers.app import app
-from workers.canvas import canvas
+from workers.canvas import COMPENSATE, COMPLETE, canvas, phase_task
 from workers.composition import build_engine
 from workers.routing import ORCHESTRATION
 
@@ -38,14 +40,15 @@ def registry() -> Registry:
     return engine().registry
 
 
-@functools.lru_cache(maxsize=1)
-def deployer() -> Deployer:
-    e = engine()
-    return Deployer(registry=e.registry, federation=e.federation, wiring=e.wiring,
-                    settings=e.settings)
+class _Task(Protocol):
+    """What a bound Celery task offers a phase (Celery ships no types)."""
+
+    request: Any
+
+    def retry(self, *, exc: BaseException, countdown: float) -> BaseException: ...
 
 
-def _run_phase(task: Any, move_id: str, epoch: int, phase: Phase) -> bool:
+def _run_phase(task: _Task, move_id: str, epoch: int, phase: Phase) -> bool:
     try:
         return engine().run_phase(move_id, epoch, phase)
     except StaleEpoch:
@@ -71,28 +74,23 @@ def _fail(move_id: str, epoch: int, phase: Phase, exc: BaseException) -> None:
     compensate.apply_async((move_id, epoch, reason), queue=ORCHESTRATION)
 
 
-def _phase_task(phase: Phase) -> Any:
-    @app.task(name=f"move.{phase}", bind=True, max_retries=PHASE_RETRIES, soft_time_limit=120)
-    def run(self: Any, move_id: str, epoch: int) -> bool:
+def _phase_task(phase: Phase) -> object:
+    @app.task(name=phase_task(phase), bind=True, max_retries=PHASE_RETRIES, soft_time_limit=120)
+    def run(self: _Task, move_id: str, epoch: int) -> bool:
         return _run_phase(self, move_id, epoch, phase)
 
     return run
 
 
-admit = _phase_task(Phase.ADMIT)
-place = _phase_task(Phase.PLACE)
-wire = _phase_task(Phase.WIRE)
-sync = _phase_task(Phase.SYNC)
-cutover = _phase_task(Phase.CUTOVER)
-release = _phase_task(Phase.RELEASE)
+PHASE_TASKS = {phase: _phase_task(phase) for phase in ORDER}
 
 
-@app.task(name="move.complete")
+@app.task(name=COMPLETE)
 def complete(move_id: str, epoch: int) -> str:
     return str(engine().complete(move_id, epoch).status)
 
 
-@app.task(name="move.compensate", soft_time_limit=120)
+@app.task(name=COMPENSATE, soft_time_limit=120)
 def compensate(move_id: str, epoch: int, reason: str) -> str:
     try:
         return str(engine().compensate(move_id, epoch, error=reason).status)
@@ -117,50 +115,3 @@ def reap() -> list[str]:
                                    queue=ORCHESTRATION)
         out.append(f"{r.move_id}:{r.action}")
     return out
-
-
-def _error(exc: MobilityError) -> dict[str, Any]:
-    kind = ("not_found" if isinstance(exc, NotFound) else "conflict"
-            if isinstance(exc, Conflict) else "invalid" if isinstance(exc, Invalid) else "failed")
-    return {"ok": False, "kind": kind, "error": str(exc)}
-
-
-@app.task(name="services.deploy", soft_time_limit=120)
-def deploy(spec: dict[str, Any]) -> dict[str, Any]:
-    try:
-        svc = deployer().deploy(name=spec["name"], workload=spec["workload"],
-                                params=dict(spec.get("params") or {}), cluster=spec["cluster"],
-                                peers=list(spec.get("peers") or []))
-    except MobilityError as exc:
-        return _error(exc)
-    return {"ok": True, "service": svc.to_dict()}
-
-
-@app.task(name="chains.deploy", soft_time_limit=300)
-def deploy_chain(spec: dict[str, Any]) -> dict[str, Any]:
-    try:
-        chain = Chain.from_dict(spec)
-        services = deployer().deploy_chain(chain, rate=float(spec.get("rate", 1000.0)))
-    except MobilityError as exc:
-        return _error(exc)
-    except (KeyError, TypeError, ValueError) as exc:
-        return {"ok": False, "kind": "invalid", "error": f"malformed chain: {exc}"}
-    return {"ok": True, "services": [s.to_dict() for s in services]}
-
-
-@app.task(name="chains.remove", soft_time_limit=300)
-def remove_chain(name: str) -> dict[str, Any]:
-    try:
-        deployer().remove_chain(name)
-    except MobilityError as exc:
-        return _error(exc)
-    return {"ok": True}
-
-
-@app.task(name="services.remove", soft_time_limit=120)
-def remove(name: str) -> dict[str, Any]:
-    try:
-        deployer().remove(name)
-    except MobilityError as exc:
-        return _error(exc)
-    return {"ok": True}

@@ -5,8 +5,9 @@ which keeps the host's mount namespace so the pod namespaces it makes are visibl
 That way every VxLAN socket it creates lives on that node's underlay, as on a real host, and
 the agent needs no namespace argument for node-level work.
 
-Results are plain dicts ``{"ok": bool, "value"| "error", "errno", "retryable"}``: errors cross
-the queue as data, never as pickled exceptions.
+One task per operation class of :mod:`mobility.node_ops`, registered from :data:`HANDLERS`.
+Answers are ``{"ok": True, "value": ...}`` or the error wire form of :mod:`mobility.errors`
+(plus the errno): errors cross the queue as data, never as pickled exceptions.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery.signals import worker_ready
@@ -22,12 +23,15 @@ from celery.signals import worker_ready
 from dataplane.errors import DataplaneError
 from dataplane.lab.pods import NodeRuntime
 from dataplane.lab.topology import load_plan
-from mobility.registry import Registry
+from mobility import node_ops as ops
 from mobility.settings import get_settings
+from mobility.store import Registry
 from workers import reconciling
 from workers.app import app
 
 log = logging.getLogger(__name__)
+
+Answer = dict[str, object]
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,22 +47,53 @@ def runtime() -> NodeRuntime:
     return NodeRuntime(plan, plan.node(cluster, node))
 
 
-def _answer(fn: Callable[[NodeRuntime, dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
-    @functools.wraps(fn)
-    def run(args: dict[str, Any]) -> dict[str, Any]:
-        try:
-            with reconciling.LOCK:
-                return {"ok": True, "value": fn(runtime(), args)}
-        except DataplaneError as exc:
-            log.warning("%s failed: %s", fn.__name__, exc)
-            return {"ok": False, "error": str(exc), "errno": exc.errno,
-                    "retryable": exc.retryable}
-        except (OSError, KeyError, ValueError) as exc:
-            log.exception("%s failed", fn.__name__)
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "errno": None,
-                    "retryable": False}
+def _failed(message: str, *, errno: int | None, retryable: bool) -> Answer:
+    return {"ok": False, "kind": "federation", "error": message, "errno": errno,
+            "retryable": retryable}
 
+
+HANDLERS: Mapping[type[ops.NodeOp[Any]], Callable[[NodeRuntime, Any], object]] = {
+    ops.CreatePod: lambda rt, op: rt.create_pod(pod=op.pod, workload=op.workload,
+                                                params=dict(op.params), start=op.start),
+    ops.StartWorkload: lambda rt, op: rt.start_workload(pod=op.pod, workload=op.workload,
+                                                        params=dict(op.params)),
+    ops.WaitReady: lambda rt, op: rt.wait_ready(pod=op.pod, timeout=float(op.timeout)),
+    ops.DeletePod: lambda rt, op: rt.delete_pod(pod=op.pod),
+    ops.CreateEnd: reconciling.create_end,
+    ops.DeleteEnd: lambda rt, op: rt.delete_end(pod=op.pod, ifname=op.ifname),
+    ops.Switch: lambda rt, op: rt.switch(pod=op.pod, ifname=op.ifname, mac=op.mac,
+                                         node_ip=op.node_ip),
+    ops.FdbDst: lambda rt, op: rt.fdb_dst(pod=op.pod, ifname=op.ifname, mac=op.mac),
+    ops.SetRoutes: lambda rt, op: rt.set_routes(pod=op.pod,
+                                                routes=[dict(r) for r in op.routes]),
+    ops.Quiesce: lambda rt, op: rt.quiesce(pod=op.pod),
+    ops.Resume: lambda rt, op: rt.resume(pod=op.pod),
+    ops.Ping: lambda rt, op: {"node": rt.node.queue_id, "pid": os.getpid()},
+}
+
+
+def _serve(cls: type[ops.NodeOp[Any]],
+           handler: Callable[[NodeRuntime, Any], object]) -> Callable[[dict[str, Any]], Answer]:
+    def run(args: dict[str, Any]) -> Answer:
+        try:
+            op = cls.from_args(args)
+            with reconciling.LOCK:
+                return {"ok": True, "value": handler(runtime(), op)}
+        except DataplaneError as exc:
+            log.warning("%s failed: %s", cls.TASK, exc)
+            return _failed(str(exc), errno=exc.errno, retryable=exc.retryable)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            log.exception("%s failed", cls.TASK)
+            return _failed(f"{type(exc).__name__}: {exc}", errno=None, retryable=False)
+
+    run.__name__ = run.__qualname__ = cls.__name__.lower()
     return run
+
+
+# acks_late off: a node op is answered by its caller's timeout, never replayed later.
+TASKS = {cls: app.task(name=cls.TASK, acks_late=False)(_serve(cls, handler))
+         for cls, handler in HANDLERS.items()}
+assert set(TASKS) == set(ops.ALL), "every node operation has a task"
 
 
 @worker_ready.connect
@@ -72,72 +107,3 @@ def _start_reconciler(sender: Any = None, **_: Any) -> None:
         log.error("no reconciler: %s", exc)
         return
     reconciling.start(rt, Registry.from_url(get_settings().redis_url.get_secret_value()))
-
-
-def _task(name: str) -> Callable[[Callable[[NodeRuntime, dict[str, Any]], Any]], Any]:
-    def register(fn: Callable[[NodeRuntime, dict[str, Any]], Any]) -> Any:
-        # acks_late off: a node op is answered by its caller's timeout, never replayed later.
-        return app.task(name=f"node.{name}", acks_late=False)(_answer(fn))
-
-    return register
-
-
-@_task("create_pod")
-def create_pod(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    return rt.create_pod(pod=a["pod"], workload=a["workload"], params=a["params"],
-                         start=bool(a.get("start", True)))
-
-
-@_task("start_workload")
-def start_workload(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    return rt.start_workload(pod=a["pod"], workload=a["workload"], params=a["params"])
-
-
-@_task("wait_ready")
-def wait_ready(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    rt.wait_ready(pod=a["pod"], timeout=float(a["timeout"]))
-
-
-@_task("delete_pod")
-def delete_pod(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    rt.delete_pod(pod=a["pod"])
-
-
-@_task("create_end")
-def create_end(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    return rt.create_end(**a)
-
-
-@_task("delete_end")
-def delete_end(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    rt.delete_end(pod=a["pod"], ifname=a["ifname"])
-
-
-@_task("switch")
-def switch(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    rt.switch(pod=a["pod"], ifname=a["ifname"], mac=a["mac"], node_ip=a["node_ip"])
-
-
-@_task("fdb_dst")
-def fdb_dst(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    return rt.fdb_dst(pod=a["pod"], ifname=a["ifname"], mac=a["mac"])
-
-
-@_task("set_routes")
-def set_routes(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    rt.set_routes(pod=a["pod"], routes=list(a["routes"]))
-
-
-@_task("quiesce")
-def quiesce(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    rt.quiesce(pod=a["pod"])
-
-
-@_task("resume")
-def resume(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    rt.resume(pod=a["pod"])
-
-
-@_task("ping")
-def ping(rt: NodeRuntime, a: dict[str, Any]) -> Any:
-    return {"node": rt.node.queue_id, "pid": os.getpid()}

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 from dataplane.errors import DataplaneError
 from dataplane.lab.pods import NodeRuntime
-from mobility.models import Cluster, Service
-from mobility.registry import Registry
+from mobility.models import Cluster, PathHealth, Service
+from mobility.node_ops import CreateEnd
+from mobility.store import Registry
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,23 @@ HEALTH_TTL_S = 10
 LOCK = threading.RLock()  # held by the node's tasks and by each reconcile pass
 
 
-def desired_ends(rt: NodeRuntime, registry: Registry) -> list[tuple[Service, list[dict[str, Any]]]]:
-    """Services on this node that no move owns, with the link ends they should have."""
+def create_end(rt: NodeRuntime, op: CreateEnd) -> object:
+    """Make (or remake) the link end ``op`` describes; the agent's ``node.create_end`` too."""
+    return rt.create_end(pod=op.pod, ifname=op.ifname, vni=op.vni, mac=op.mac, cidr=op.cidr,
+                         peer_mac=op.peer_mac, peer_ip=op.peer_ip,
+                         peer_node_ip=op.peer_node_ip, underlay_mtu=op.underlay_mtu)
+
+
+def check_end(rt: NodeRuntime, op: CreateEnd) -> list[str]:
+    """What differs between the kernel and the link end ``op`` would make (empty: nothing)."""
+    return rt.check_end(pod=op.pod, ifname=op.ifname, mac=op.mac, cidr=op.cidr,
+                        peer_mac=op.peer_mac, peer_ip=op.peer_ip, peer_node_ip=op.peer_node_ip)
+
+
+def desired_ends(rt: NodeRuntime,
+                 registry: Registry) -> list[tuple[Service, list[tuple[str, CreateEnd]]]]:
+    """Services on this node that no move owns, with the link ends they should have (each
+    with its link's id), built exactly as WIRE builds them."""
     services = registry.services()
     clusters: dict[str, Cluster] = registry.clusters()
     out = []
@@ -50,21 +65,15 @@ def desired_ends(rt: NodeRuntime, registry: Registry) -> list[tuple[Service, lis
             if peer.moving:
                 owned = True
                 break
-            mine, theirs = link.end_of(svc.name), link.peer_of(svc.name)
-            peer_node = clusters[peer.instance.cluster].node(peer.instance.node)
-            ends.append({
-                "link": link.id, "pod": inst.pod, "ifname": mine.ifname, "vni": link.vni,
-                "mac": mine.mac, "cidr": mine.cidr, "peer_mac": theirs.mac, "peer_ip": theirs.ip,
-                "peer_node_ip": peer_node.underlay_ip,
-                "underlay_mtu": min(clusters[inst.cluster].underlay_mtu,
-                                    clusters[peer.instance.cluster].underlay_mtu),
-            })
+            ends.append((link.id, CreateEnd.for_link(link=link, service=svc.name, instance=inst,
+                                                     peer_instance=peer.instance,
+                                                     clusters=clusters)))
         if not owned:
             out.append((svc, ends))
     return out
 
 
-def reconcile_once(rt: NodeRuntime, registry: Registry) -> dict[str, dict[str, Any]]:
+def reconcile_once(rt: NodeRuntime, registry: Registry) -> dict[str, PathHealth]:
     """One pass; returns the health recorded per service."""
     report = {}
     for svc, ends in desired_ends(rt, registry):
@@ -72,29 +81,28 @@ def reconcile_once(rt: NodeRuntime, registry: Registry) -> dict[str, dict[str, A
         links: dict[str, str] = {}
         repaired = []
         with LOCK:
-            for end in ends:
-                args = {k: v for k, v in end.items() if k not in ("link", "vni", "underlay_mtu")}
+            for link_id, end in ends:
                 try:
-                    problems = rt.check_end(**args)
+                    problems = check_end(rt, end)
                     if problems:
-                        rt.create_end(**{k: v for k, v in end.items() if k != "link"})
-                        left = rt.check_end(**args)
-                        links[end["link"]] = ("repaired: " + "; ".join(problems) if not left
-                                              else "broken: " + "; ".join(left))
-                        repaired.append(end["link"])
+                        create_end(rt, end)
+                        left = check_end(rt, end)
+                        links[link_id] = ("repaired: " + "; ".join(problems) if not left
+                                          else "broken: " + "; ".join(left))
+                        repaired.append(link_id)
                         log.warning("service %s link %s drifted (%s); %s", svc.name,
-                                    end["link"], "; ".join(problems), links[end["link"]])
+                                    link_id, "; ".join(problems), links[link_id])
                     else:
-                        links[end["link"]] = "ok"
+                        links[link_id] = "ok"
                 except DataplaneError as exc:
-                    links[end["link"]] = f"broken: {exc}"
+                    links[link_id] = f"broken: {exc}"
             if svc.routes and repaired:
                 try:
                     rt.set_routes(pod=svc.instance.pod, routes=svc.routes)
                 except DataplaneError as exc:
                     log.warning("routes of %s: %s", svc.name, exc)
-        health = {"ok": all(not v.startswith("broken") for v in links.values()),
-                  "checked_at": time.time(), "node": rt.node.queue_id, "links": links}
+        health = PathHealth(ok=all(not v.startswith("broken") for v in links.values()),
+                            checked_at=time.time(), node=rt.node.queue_id, links=links)
         registry.put_health(svc.name, health, ttl_s=HEALTH_TTL_S)
         report[svc.name] = health
     return report

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import RegistryDep, RequestsDep
-from api.errors import ApiError
 from mobility import automation, keys
-from mobility.errors import Invalid, NotFound
+from mobility.errors import Conflict, Invalid, NotFound
 from mobility.policies import Policy
+from mobility.store.automation import constraints_from_dict, constraints_to_dict
 from workers.canvas import start_move
 
 router = APIRouter(tags=["automation"])
@@ -54,9 +54,9 @@ def post_signals(body: SignalBatch, registry: RegistryDep) -> dict[str, int]:
 
 # --- policies ---
 
-def _valid(raw: dict[str, Any]) -> dict[str, Any]:
+def _valid(raw: dict[str, Any]) -> Policy:
     try:
-        return Policy.from_dict(raw).to_dict()
+        return Policy.from_dict(raw)
     except (KeyError, TypeError, ValueError) as exc:
         raise Invalid(f"malformed policy: {exc}") from exc
 
@@ -64,16 +64,15 @@ def _valid(raw: dict[str, Any]) -> dict[str, Any]:
 @router.post("/v1/policies", status_code=201)
 def create_policy(body: dict[str, Any], registry: RegistryDep) -> dict[str, Any]:
     policy = _valid(body)
-    if registry.get_policy(policy["id"]) is not None:
-        raise ApiError(409, f"policy {policy['id']!r} exists; PUT /v1/policies/{policy['id']} "
-                            "replaces it")
+    if registry.get_policy(policy.id) is not None:
+        raise Conflict(f"policy {policy.id!r} exists; PUT /v1/policies/{policy.id} replaces it")
     registry.put_policy(policy)
-    return policy
+    return policy.to_dict()
 
 
 @router.get("/v1/policies")
 def list_policies(registry: RegistryDep) -> list[dict[str, Any]]:
-    return registry.policies()
+    return [p.to_dict() for p in registry.policies()]
 
 
 @router.get("/v1/policies/{policy_id}")
@@ -81,7 +80,7 @@ def get_policy(policy_id: str, registry: RegistryDep) -> dict[str, Any]:
     policy = registry.get_policy(policy_id)
     if policy is None:
         raise NotFound(f"policy {policy_id!r} does not exist")
-    return policy
+    return policy.to_dict()
 
 
 @router.put("/v1/policies/{policy_id}")
@@ -90,7 +89,7 @@ def replace_policy(policy_id: str, body: dict[str, Any], registry: RegistryDep) 
         raise NotFound(f"policy {policy_id!r} does not exist; POST /v1/policies creates it")
     policy = _valid({**body, "id": policy_id})
     registry.put_policy(policy)
-    return policy
+    return policy.to_dict()
 
 
 @router.delete("/v1/policies/{policy_id}", status_code=204)
@@ -151,15 +150,15 @@ def rebalance_run(registry: RegistryDep, requests: RequestsDep) -> dict[str, Any
 
 @router.get("/v1/rebalance/last")
 def rebalance_last(registry: RegistryDep) -> dict[str, Any]:
-    last = registry.get_blob(keys.REBALANCE_LAST)
+    last = registry.last_rebalance()
     if last is None:
         raise NotFound("the scheduled rebalancer has not run yet")
-    return dict(last)
+    return last.to_dict()
 
 
 @router.get("/v1/rebalance/config")
 def get_config(registry: RegistryDep) -> RebalanceConfig:
-    return RebalanceConfig.model_validate(registry.get_blob(keys.REBALANCE_CONFIG) or {})
+    return RebalanceConfig.model_validate(constraints_to_dict(registry.rebalance_config()))
 
 
 @router.put("/v1/rebalance/config")
@@ -167,7 +166,7 @@ def put_config(body: RebalanceConfig, registry: RegistryDep) -> RebalanceConfig:
     for w in body.windows:
         if w.end <= w.start:
             raise Invalid(f"maintenance window on {w.cluster!r} ends before it starts")
-    registry.put_blob(keys.REBALANCE_CONFIG, body.model_dump())
+    registry.put_rebalance_config(constraints_from_dict(body.model_dump()))
     return body
 
 

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import RegistryDep
-from api.routers.services import _run
 from api.schemas import Name
+from mobility.chains import Chain
 from mobility.errors import NotFound
+from workers import canvas
 
 router = APIRouter(prefix="/v1/chains", tags=["chains"])
 
@@ -39,20 +40,19 @@ class ChainOut(BaseModel):
     services: list[str]
 
 
-def _out(raw: dict[str, object]) -> ChainOut:
-    elements = [ElementSpec.model_validate(e) for e in raw["elements"]]  # type: ignore[attr-defined]
-    name = str(raw["name"])
-    return ChainOut(name=name, elements=elements,
-                    services=[f"{name}-{e.name}" for e in elements])
+def _out(chain: Chain) -> ChainOut:
+    elements = [ElementSpec(name=e.name, workload=e.workload, cluster=e.cluster)
+                for e in chain.elements]
+    return ChainOut(name=chain.name, elements=elements, services=chain.services)
 
 
 @router.post("", status_code=201)
 def create_chain(body: ChainRequest, registry: RegistryDep) -> ChainOut:
-    _run("chains.deploy", body.model_dump(), timeout=300)
-    raw = registry.get_chain(body.name)
-    if raw is None:
+    canvas.run(canvas.DEPLOY_CHAIN, body.model_dump(), timeout=300)
+    chain = registry.get_chain(body.name)
+    if chain is None:
         raise NotFound(f"chain {body.name!r} was deployed but is not in the registry")
-    return _out(raw)
+    return _out(chain)
 
 
 @router.get("")
@@ -62,15 +62,15 @@ def list_chains(registry: RegistryDep) -> list[ChainOut]:
 
 @router.get("/{name}")
 def get_chain(name: str, registry: RegistryDep) -> ChainOut:
-    raw = registry.get_chain(name)
-    if raw is None:
+    chain = registry.get_chain(name)
+    if chain is None:
         raise NotFound(f"chain {name!r} does not exist")
-    return _out(raw)
+    return _out(chain)
 
 
 @router.delete("/{name}", status_code=204)
 def delete_chain(name: str, registry: RegistryDep) -> Response:
     if registry.get_chain(name) is None:
         raise NotFound(f"chain {name!r} does not exist")
-    _run("chains.remove", name, timeout=300)
+    canvas.run(canvas.REMOVE_CHAIN, name, timeout=300)
     return Response(status_code=204)

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import RegistryDep
-from api.errors import ApiError
-from api.routers.services import _run
 from api.schemas import ClusterOut, Name
-from mobility.errors import NotFound
+from mobility.errors import Conflict, NotFound
+from workers import canvas
 
 router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
 JOIN_TIMEOUT_S = 180.0
@@ -44,8 +43,8 @@ def list_clusters(registry: RegistryDep) -> list[ClusterOut]:
 @router.post("", status_code=201)
 def join_cluster(body: JoinRequest, registry: RegistryDep) -> ClusterOut:
     if registry.get_cluster(body.name) is not None:
-        raise ApiError(409, f"cluster {body.name!r} is already joined")
-    _run("clusters.join", body.model_dump(), timeout=JOIN_TIMEOUT_S)
+        raise Conflict(f"cluster {body.name!r} is already joined")
+    canvas.run(canvas.JOIN_CLUSTER, body.model_dump(), timeout=JOIN_TIMEOUT_S)
     cluster = registry.get_cluster(body.name)
     if cluster is None:
         raise NotFound(f"cluster {body.name!r} was joined but is not in the registry")
@@ -58,5 +57,5 @@ def unjoin_cluster(name: str, registry: RegistryDep,
     if registry.get_cluster(name) is None:
         raise NotFound(f"cluster {name!r} does not exist")
     spec = {"name": name, **(body.model_dump() if body else {})}
-    _run("clusters.unjoin", spec, timeout=JOIN_TIMEOUT_S)
+    canvas.run(canvas.UNJOIN_CLUSTER, spec, timeout=JOIN_TIMEOUT_S)
     return Response(status_code=204)

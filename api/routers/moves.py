@@ -11,8 +11,8 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import RegistryDep, RequestsDep, SettingsDep
-from api.errors import ApiError
 from api.schemas import MoveOut, MoveRequest
+from mobility.errors import Conflict, Invalid
 from mobility.moving import INJECTABLE
 from workers.canvas import start_move
 
@@ -23,12 +23,12 @@ router = APIRouter(prefix="/v1/moves", tags=["moves"])
 def create_move(body: MoveRequest, engine: RequestsDep, settings: SettingsDep) -> MoveOut:
     if body.faults:
         if not settings.fault_injection:
-            raise ApiError(422, "fault injection is off (set MOBILITY_FAULT_INJECTION=1 on a "
-                                "test deployment to use 'faults')")
+            raise Invalid("fault injection is off (set MOBILITY_FAULT_INJECTION=1 on a "
+                             "test deployment to use 'faults')")
         unknown = sorted(set(body.faults) - INJECTABLE)
         if unknown:
-            raise ApiError(422, f"unknown phases in faults: {unknown}; "
-                                f"known: {sorted(INJECTABLE)}")
+            raise Invalid(f"unknown phases in faults: {unknown}; "
+                             f"known: {sorted(INJECTABLE)}")
     move = engine.request_move(service=body.service, to_cluster=body.to_cluster,
                                faults=body.faults, strategy=body.strategy)
     start_move(move.id)
@@ -50,10 +50,10 @@ def get_move(move_id: str, registry: RegistryDep) -> MoveOut:
 def abort_move(move_id: str, registry: RegistryDep, engine: RequestsDep) -> MoveOut:
     move = registry.get_move(move_id)
     if move.status.terminal:
-        raise ApiError(409, f"move {move_id} already ended ({move.status}); nothing to abort")
+        raise Conflict(f"move {move_id} already ended ({move.status}); nothing to abort")
     if move.cutover_confirmed:
-        raise ApiError(409, f"move {move_id} is past its confirmed cutover and only goes "
-                            "forward now")
+        raise Conflict(f"move {move_id} is past its confirmed cutover and only goes "
+                       "forward now")
     return MoveOut.of(engine.request_abort(move_id))
 
 
@@ -68,20 +68,14 @@ async def move_events(
     async def stream() -> AsyncIterator[str]:
         last = last_event_id or "0"
         while True:
-            batch = await asyncio.to_thread(registry.wait_events, move_id, after=last,
-                                            block_ms=1000)
-            for ev in batch:
+            batch = await asyncio.to_thread(registry.read_events, move_id, after=last)
+            for ev in batch.events:
                 last = ev.id
                 yield f"id: {ev.id}\nevent: {ev.kind}\ndata: {json.dumps(ev.to_dict())}\n\n"
-            if not batch:
-                move = await asyncio.to_thread(registry.get_move, move_id)
-                if move.status.terminal:
-                    rest = await asyncio.to_thread(registry.events, move_id, after=last)
-                    for ev in rest:
-                        yield (f"id: {ev.id}\nevent: {ev.kind}\n"
-                               f"data: {json.dumps(ev.to_dict())}\n\n")
-                    yield f"event: end\ndata: {json.dumps({'status': str(move.status)})}\n\n"
-                    return
+            if batch.ended is not None:
+                yield f"event: end\ndata: {json.dumps({'status': str(batch.ended)})}\n\n"
+                return
+            if not batch.events:
                 yield ": keep-alive\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",

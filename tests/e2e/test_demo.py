@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mobility.cli.stack import Stack
+from cli.stack import Stack
 
 KEYS = {"move_id", "status", "total_ms", "phases", "probes_sent", "probes_lost",
         "probes_duplicated", "from_cluster", "to_cluster"}

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mobility.cli.stack import Stack
+from cli.stack import Stack
 from tests.integration.test_moves import Pair, wait_terminal
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cli.stack import Stack
 from dataplane.netlink import Netlink
-from mobility.cli.stack import Stack
 from tests.integration.test_moves import Pair, wait_terminal
 
 ELEMENTS = [("client", "probe", "core"), ("fw", "middlebox", "core"),

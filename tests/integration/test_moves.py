@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from cli.stack import Stack
 from dataplane import netlink
 from dataplane.lab import topology
-from mobility.cli.stack import Stack
 
 PHASES = ["admit", "place", "wire", "sync", "cutover", "release"]
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import redis
 
+from cli.stack import Stack
 from mobility import keys
-from mobility.cli.stack import Stack
 from state_transfer.control import AgentClient
 from tests.conftest import STATE_TTL_S
 from tests.integration.test_moves import wait_event, wait_terminal

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from mobility.federation.kubefed import KubeClient, KubeFedFederation
+from mobility.backends.kube.client import KubeClient
+from mobility.backends.kube.kubefed import KubeFedFederation
+from mobility.backends.kube.nsm import NsmWiring
 from mobility.models import Cluster, Node
-from mobility.nsm import NsmWiring
-from mobility.registry import Registry
+from mobility.store import Registry
 from tests.conftest import RedisServer
 from tests.k8s.controlplane import ControlPlane, ControlPlaneError
 

@@ -348,7 +348,7 @@ class ControlPlane:
             time.sleep(0.2)
 
     def _write_kubeconfig(self) -> None:
-        from mobility.federation.kubefed import write_kubeconfig
+        from mobility.backends.kube.client import write_kubeconfig
 
         ca = (self.workdir / "ca.crt").read_bytes()
         write_kubeconfig(self.kubeconfig, clusters={

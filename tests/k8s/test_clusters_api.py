@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mobility.federation.kubefed import KUBEFED_NAMESPACE
+from mobility.backends.kube.membership import KUBEFED_NAMESPACE
 from tests.conftest import RedisServer, free_port
 from tests.k8s.controlplane import ControlPlane
 

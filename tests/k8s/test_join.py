@@ -14,8 +14,8 @@ import base64
 
 import pytest
 
+from mobility.backends.kube.membership import KUBEFED_NAMESPACE
 from mobility.errors import FederationError
-from mobility.federation.kubefed import KUBEFED_NAMESPACE
 from mobility.models import Instance
 from tests.k8s.conftest import Federated, client
 from tests.k8s.controlplane import ApiServer

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from mobility.backends.kube.client import KubeClient
+from mobility.backends.kube.karmada import KarmadaFederation
+from mobility.backends.kube.objects import NSM_ANNOTATION, STANDBY_ANNOTATION
 from mobility.errors import FederationError
-from mobility.federation.karmada import KarmadaFederation
-from mobility.federation.kubefed import NSM_ANNOTATION, STANDBY_ANNOTATION, KubeClient
 from mobility.models import Instance
 from tests.k8s.conftest import client
 from tests.k8s.controlplane import ApiServer, ControlPlane

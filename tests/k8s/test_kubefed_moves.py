@@ -20,15 +20,15 @@ from typing import Any
 
 import pytest
 
+from mobility.backends.kube.nsm import link_service_name
+from mobility.backends.kube.objects import NSM_ANNOTATION, STANDBY_ANNOTATION
 from mobility.deploying import Deployer
 from mobility.errors import MobilityError
-from mobility.federation.kubefed import NSM_ANNOTATION, STANDBY_ANNOTATION
 from mobility.models import Move, MoveStatus, Phase, Service
-from mobility.moving import Engine
-from mobility.nsm import link_service_name
+from mobility.moving import Engine, MoveRequests
 from mobility.phases import ORDER
-from mobility.registry import Registry
 from mobility.settings import Settings
+from mobility.store import Registry
 from tests.k8s.conftest import DOMAIN, NAMESPACE, Federated
 from tests.k8s.controlplane import ApiServer
 from tests.k8s.stateless import NoStateAgents
@@ -150,7 +150,8 @@ def test_stateless_move_through_kubefed(registry: Registry, federated: Federated
 
     engine = Engine(registry=registry, federation=federated.federation,
                     wiring=federated.wiring, state_agents=NoStateAgents(), settings=settings())
-    move = engine.request_move(service=echo.name, to_cluster="member-b")
+    requests = MoveRequests(registry=engine.registry, settings=engine.settings)
+    move = requests.request_move(service=echo.name, to_cluster="member-b")
     seen: dict[str, Any] = {}
 
     def after_place() -> None:
@@ -255,7 +256,8 @@ def test_unreachable_member_mid_move_rolls_back_and_leaves_nothing(
     before = workload_objects(b)
     engine = Engine(registry=registry, federation=federated.federation,
                     wiring=federated.wiring, state_agents=NoStateAgents(), settings=settings())
-    move = engine.request_move(service=echo.name, to_cluster="member-b")
+    requests = MoveRequests(registry=engine.registry, settings=engine.settings)
+    move = requests.request_move(service=echo.name, to_cluster="member-b")
     seen: dict[str, Any] = {}
 
     def partition() -> None:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mobility import nsm
-from mobility.federation.kubefed import KubeClient
+from mobility.backends.kube import nsm
+from mobility.backends.kube.client import KubeClient
 from tests.k8s.conftest import client
 from tests.k8s.controlplane import ApiServer, ControlPlane
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 
-from mobility import keys
+from state_transfer import keys
 from state_transfer.agent import Agent, StoreState, directory_agent
 from state_transfer.control import AgentClient
 from state_transfer.errors import StateTransferError

@@ -25,8 +25,7 @@ import msgpack
 import pytest
 import redis
 
-from mobility import keys
-from state_transfer import channel
+from state_transfer import channel, keys
 from state_transfer.channel import BATCH, Receiver, Sender
 from state_transfer.errors import FrameError, StateTransferError
 from state_transfer.frames import CHUNK_SIZE, DELETE, END, PUT, FrameCodec, new_key, split

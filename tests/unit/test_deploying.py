@@ -18,8 +18,8 @@ import pytest
 from mobility.deploying import MAX_BLOCKS, Deployer, link_identity
 from mobility.errors import Conflict, Invalid
 from mobility.ports import Federation, Wiring
-from mobility.registry import Registry
 from mobility.settings import Settings
+from mobility.store import Registry
 
 FIRST = ipaddress.IPv4Address("169.254.1.0")
 LAST = ipaddress.IPv4Address("169.254.254.255")

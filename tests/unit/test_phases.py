@@ -1,9 +1,9 @@
 """The move saga's rules in mobility.phases.
 
 Aspects: phase ORDER; the compensation of each phase (RELEASE has none); the full matrix of
-allowed and refused status transitions; next_phase and remaining at the ends; the compensation
+allowed and refused status transitions; last_done and remaining at the ends; the compensation
 plan (newest first, started phases only, RELEASE skipped, read from Move.phases_started
-strings); may_roll_back; what the reaper does after a crash (forward, rollback, none).
+strings); what the reaper does after a crash (forward, rollback, none).
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ from typing import Any
 
 import pytest
 
+from mobility.errors import TransitionError
 from mobility.models import Move, MoveStatus, Phase
 from mobility.phases import (
     COMPENSATIONS,
     ORDER,
-    TransitionError,
     check_transition,
     compensation_plan,
-    may_roll_back,
-    next_phase,
+    last_done,
     recovery,
     remaining,
 )
@@ -92,20 +91,15 @@ def test_transition_error_is_a_value_error() -> None:
         check_transition(MoveStatus.ROLLED_BACK, MoveStatus.PENDING)
 
 
-def test_next_phase() -> None:
-    assert next_phase(None) is Phase.ADMIT
-    assert next_phase(Phase.ADMIT) is Phase.PLACE
-    assert next_phase(Phase.SYNC) is Phase.CUTOVER
-    assert next_phase(Phase.CUTOVER) is Phase.RELEASE
-    assert next_phase(Phase.RELEASE) is None
+def test_phase_enum_and_order_agree() -> None:
+    assert list(Phase) == list(ORDER)
 
 
-def test_next_phase_walks_the_whole_order_once() -> None:
-    seen, p = [], next_phase(None)
-    while p is not None:
-        seen.append(p)
-        p = next_phase(p)
-    assert seen == list(ORDER)
+def test_last_done_is_the_latest_in_saga_order_whatever_the_list_order() -> None:
+    assert last_done(move()) is None
+    assert last_done(move(phases_done=["admit"])) is Phase.ADMIT
+    assert last_done(move(phases_done=["wire", "admit", "place"])) is Phase.WIRE
+    assert last_done(move(phases_done=list(reversed([str(p) for p in ORDER])))) is Phase.RELEASE
 
 
 def test_remaining() -> None:
@@ -154,11 +148,6 @@ def test_compensation_plan_of_a_move_that_never_started_is_empty() -> None:
 
 def test_compensation_plan_ignores_unknown_names() -> None:
     assert compensation_plan(move(phases_started=["admit", "teleport"])) == [Phase.ADMIT]
-
-
-def test_may_roll_back_until_cutover_confirmed() -> None:
-    assert may_roll_back(move(status=MoveStatus.RUNNING)) is True
-    assert may_roll_back(move(status=MoveStatus.RUNNING, cutover_confirmed=True)) is False
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli import demo as demo_mod
+from cli.stack import Stack, StackError, default_stack
 from dataplane.lab import topology
-from mobility.cli import demo as demo_mod
-from mobility.cli.stack import Stack, StackError, default_stack
 from mobility.logs import configure_logging
 from mobility.settings import DEFAULT_ENV_FILE, get_settings
 

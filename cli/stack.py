@@ -27,8 +27,8 @@ import redis
 from dataplane.lab import topology
 from dataplane.lab.topology import LabPlan
 from mobility.models import Cluster, Node
-from mobility.registry import Registry
 from mobility.settings import DEFAULT_ENV_FILE, get_settings
+from mobility.store import Registry
 from workers.app import client
 
 log = logging.getLogger(__name__)

@@ -23,37 +23,26 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mobility.backends.kube.client import KubeClient, Obj
+from mobility.backends.kube.objects import INSTANCE_LABEL, NSM_ANNOTATION, SERVICE_LABEL
+from mobility.backends.kube.objects import client_annotation as client_annotation
 from mobility.errors import FederationError
 from mobility.models import Cluster, Instance, Link
 
 if TYPE_CHECKING:
-    from mobility.federation.kubefed import KubeClient
     from mobility.ports import Wiring
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
-
 GROUP_VERSION = "networkservicemesh.io/v1"
 API = f"/apis/{GROUP_VERSION}"
-ANNOTATION = "networkservicemesh.io"
-SERVICE_LABEL = "mobility.io/service"
-INSTANCE_LABEL = "mobility.io/instance"
+ANNOTATION = NSM_ANNOTATION
 LINK_LABEL = "mobility.io/link"
 NODE_IP_ANNOTATION = "mobility.io/node-ip"
 IFNAME_ANNOTATION = "mobility.io/ifname"
 ROUTES_ANNOTATION = "mobility.io/routes"
-
-
-def client_annotation(service: str, *, domain: str, ifname: str = "nsm-1") -> str:
-    """The value of a client pod's ``networkservicemesh.io`` annotation.
-
-    ``kernel://<service>@<domain>/<ifname>``: a kernel interface ``ifname`` in the pod, on the
-    network service ``service`` registered in ``domain`` (NSM's interdomain form).
-    """
-    return f"kernel://{service}@{domain}/{ifname}"
 
 
 def chain_matches(chain: Sequence[str], *, label: str = "app") -> list[Obj]:

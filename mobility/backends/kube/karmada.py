@@ -21,20 +21,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mobility.errors import FederationError
-from mobility.federation.kubefed import (
+from mobility.backends.kube.client import KubeClient, Obj
+from mobility.backends.kube.objects import (
     MANAGED_BY,
     SERVICE_LABEL,
     InstanceSpec,
-    KubeClient,
-    Obj,
+    client_annotation,
     default_image,
     deployment_template,
     params_env,
     service_of,
 )
+from mobility.errors import FederationError
 from mobility.models import Instance, Params
-from mobility.nsm import client_annotation
 
 if TYPE_CHECKING:
     from mobility.ports import Federation

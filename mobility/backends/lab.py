@@ -1,0 +1,128 @@
+"""The lab backend: instances are pods (network namespaces) on lab nodes, run by node agents.
+
+Every call goes to the agent of the node that holds the pod, through the ``NodeAgent`` port,
+because only that agent runs inside the node (it owns the node's namespace and pod network).
+:class:`LabFederation` starts and stops pods, :class:`AgentWiring` makes link ends and switches
+peers, :class:`LabStateAgents` reaches an application's state agent socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from mobility.models import Cluster, Instance, Link, Node, Params
+from mobility.node_ops import (
+    CreateEnd,
+    CreatePod,
+    DeleteEnd,
+    DeletePod,
+    FdbDst,
+    NodeOp,
+    Quiesce,
+    Resume,
+    SetRoutes,
+    StartWorkload,
+    Switch,
+    WaitReady,
+)
+from mobility.ports import NodeAgent
+from state_transfer.control import AgentClient
+
+if TYPE_CHECKING:
+    from mobility.ports import Federation, StateAgents, Wiring
+
+R = TypeVar("R")
+
+
+class OnNodes:
+    """A port carried out by node agents: each call goes to the node holding the instance."""
+
+    def __init__(self, agent: NodeAgent, clusters: Callable[[], dict[str, Cluster]], *,
+                 call_timeout: float) -> None:
+        self.agent = agent
+        self.clusters = clusters
+        self.call_timeout = call_timeout
+
+    def _node(self, instance: Instance) -> Node:
+        return self.clusters()[instance.cluster].node(instance.node)
+
+    def _on(self, instance: Instance, op: NodeOp[R]) -> R:
+        return self.agent.call(self._node(instance), op, timeout=self.call_timeout)
+
+
+class LabFederation(OnNodes):
+
+    def place(self, *, instance: Instance, workload: str, params: Params, start: bool) -> None:
+        self._on(instance, CreatePod(pod=instance.pod, workload=workload, params=params,
+                                     start=start))
+
+    def start(self, *, instance: Instance, workload: str, params: Params) -> None:
+        self._on(instance, StartWorkload(pod=instance.pod, workload=workload, params=params))
+
+    def wait_ready(self, *, instance: Instance, timeout: float) -> None:
+        self._on(instance, WaitReady(pod=instance.pod, timeout=timeout))
+
+    def unplace(self, *, instance: Instance) -> None:
+        self._on(instance, DeletePod(pod=instance.pod))
+
+    def quiesce(self, *, instance: Instance) -> None:
+        self._on(instance, Quiesce(pod=instance.pod))
+
+    def resume(self, *, instance: Instance) -> None:
+        self._on(instance, Resume(pod=instance.pod))
+
+
+class AgentWiring(OnNodes):
+    """Link ends made by the node agents themselves (on Kubernetes, NSM's forwarders would)."""
+
+    def create_end(self, *, link: Link, service: str, instance: Instance,
+                   peer_instance: Instance) -> None:
+        self._on(instance, CreateEnd.for_link(link=link, service=service, instance=instance,
+                                              peer_instance=peer_instance,
+                                              clusters=self.clusters()))
+
+    def delete_end(self, *, link: Link, service: str, instance: Instance) -> None:
+        self._on(instance, DeleteEnd(pod=instance.pod, ifname=link.end_of(service).ifname))
+
+    def switch(self, *, link: Link, moved: str, peer_instance: Instance,
+               to_instance: Instance) -> None:
+        self._on(peer_instance, Switch(pod=peer_instance.pod,
+                                       ifname=link.peer_of(moved).ifname,
+                                       mac=link.end_of(moved).mac,
+                                       node_ip=self._node(to_instance).underlay_ip))
+
+    def set_routes(self, *, instance: Instance, routes: list[dict[str, str]]) -> None:
+        if routes:
+            self._on(instance, SetRoutes(pod=instance.pod, routes=tuple(routes)))
+
+    def points_to(self, *, link: Link, moved: str, peer_instance: Instance) -> str | None:
+        return self._on(peer_instance, FdbDst(pod=peer_instance.pod,
+                                              ifname=link.peer_of(moved).ifname,
+                                              mac=link.end_of(moved).mac))
+
+
+class LabStateAgents:
+    """State agents of lab pods: a Unix socket in each pod's directory, reachable from the host.
+
+    In Kubernetes the same socket would sit in a volume shared with the node's agent.
+    """
+
+    def __init__(self, pods_dir: Path) -> None:
+        self.pods_dir = pods_dir
+
+    def agent(self, instance: Instance) -> AgentClient:
+        return AgentClient(str(self.pods_dir / instance.pod / "state.sock"))
+
+
+if TYPE_CHECKING:  # mypy checks here that the adapters implement the engine's ports
+
+    def _is_federation(adapter: LabFederation) -> Federation:
+        return adapter
+
+    def _is_wiring(adapter: AgentWiring) -> Wiring:
+        return adapter
+
+    def _are_state_agents(adapter: LabStateAgents) -> StateAgents:
+        return adapter

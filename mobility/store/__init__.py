@@ -1,0 +1,33 @@
+"""The Redis-backed registry, in parts over one base (packing, transactions, Lua):
+
+- ``fleet``: clusters, services, links, identity allocations, path health;
+- ``moves``: moves, service locks, leases, events and the one event read loop;
+- ``automation``: signal series, policies, rebalancing configuration and last run;
+- ``chains``: service chains.
+
+Each part is a class of its own over :class:`~mobility.store.base.StoreBase` and can be used
+alone; :class:`Registry` is all of them over one connection, because a phase reads the fleet
+and writes its move in one step. Records are msgpack blobs under keys from
+:mod:`mobility.keys`; every method takes and returns typed records, never raw dicts.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from mobility.store.automation import AutomationStore, RebalanceRun
+from mobility.store.base import StoreBase
+from mobility.store.chains import ChainStore
+from mobility.store.fleet import FleetStore
+from mobility.store.moves import EventBatch, MoveStore, new_move_id
+
+__all__ = ["AutomationStore", "ChainStore", "EventBatch", "FleetStore", "MoveStore",
+           "RebalanceRun", "Registry", "StoreBase", "new_move_id"]
+
+
+class Registry(FleetStore, MoveStore, AutomationStore, ChainStore):
+    """The whole registry over one Redis connection."""
+
+    @classmethod
+    def from_url(cls, url: str) -> Registry:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, health_check_interval=30))
