@@ -22,7 +22,10 @@ into an error of the right class. The API maps a ``kind`` to HTTP in one handler
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+Wire = dict[str, object]  # a task's answer: {"ok": True, ...} or the error wire form
 
 
 class MobilityError(Exception):
@@ -132,13 +135,13 @@ def kind_of(exc: MobilityError) -> str:
     return next(kind for cls, kind in _KINDS if isinstance(exc, cls))
 
 
-def to_wire(exc: MobilityError) -> dict[str, Any]:
+def to_wire(exc: MobilityError) -> Wire:
     """The one form an error takes in a task's answer."""
     return {"ok": False, "kind": kind_of(exc), "error": str(exc),
             "retryable": bool(exc.retryable)}
 
 
-def from_wire(answer: dict[str, Any]) -> MobilityError:
+def from_wire(answer: Mapping[str, Any]) -> MobilityError:
     """The error a task's failed answer stands for (``PhaseFailed`` for an unknown kind)."""
     cls = _CLASSES.get(str(answer.get("kind")), PhaseFailed)
     message = str(answer.get("error") or "the task failed without saying why")

@@ -187,7 +187,9 @@ class Ping(NodeOp["dict[str, object]"]):
         return dict(value) if isinstance(value, Mapping) else {}
 
 
-ALL: tuple[type[NodeOp[Any]], ...] = (
+AnyOp = NodeOp[Any]
+
+ALL: tuple[type[AnyOp], ...] = (
     CreatePod, StartWorkload, WaitReady, DeletePod, CreateEnd, DeleteEnd, Switch, FdbDst,
     SetRoutes, Quiesce, Resume, Ping,
 )

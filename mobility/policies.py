@@ -10,6 +10,10 @@ capacities and last move times (from Redis), calls :func:`evaluate`, and starts 
 decisions ask for. Nothing here does I/O or reads the clock, so the anti-flapping rules can be
 tested exhaustively (see ``tests/unit/test_policies.py``).
 
+Why one module of over 700 lines: the model, its validation and the evaluator share the
+hysteresis and cooldown rules; split, each half would restate them, and the property tests
+check them as one.
+
 How a condition is judged
 -------------------------
 Samples are read from one series: ``SeriesKey(series, cluster=<where the service runs now>,

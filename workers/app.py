@@ -71,7 +71,7 @@ app = MobilityCelery("service-mobility")
 
 
 @setup_logging.connect
-def _logging(**_: Any) -> None:
+def _logging(**_: object) -> None:
     configure_logging()
 
 

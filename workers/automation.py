@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from mobility import automation
 from mobility.moving import MoveRequests
@@ -22,7 +21,7 @@ def _requests() -> MoveRequests:
 
 
 @app.task(name="policies.tick")
-def tick() -> dict[str, Any]:
+def tick() -> dict[str, object]:
     """Evaluate every policy; start the moves they call for."""
     decisions = automation.evaluate(registry())
     started, refused = automation.start_decided(_requests(), decisions, start_move)
@@ -32,7 +31,7 @@ def tick() -> dict[str, Any]:
 
 
 @app.task(name="rebalance.run")
-def rebalance() -> dict[str, Any]:
+def rebalance() -> dict[str, object]:
     """Plan and start a rebalance; the plan run is kept for ``GET /v1/rebalance/last``."""
     plan = automation.plan(registry())
     started, refused = automation.run_plan(_requests(), plan, start_move)

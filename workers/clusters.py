@@ -6,19 +6,23 @@ sends them. Joining needs the KubeFed backend: the lab's clusters are made by ``
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import yaml
 
-from mobility.errors import Conflict, Invalid, MobilityError, to_wire
+from mobility.errors import Conflict, Invalid, MobilityError, Wire, to_wire
 from mobility.settings import get_settings
 from workers.app import app
 from workers.canvas import JOIN_CLUSTER, UNJOIN_CLUSTER
 from workers.composition import kubefed
 from workers.moves import registry
 
+if TYPE_CHECKING:
+    from mobility.backends.kube.client import KubeClient
 
-def _member(spec: dict[str, Any]) -> Any:
+
+def _member(spec: Mapping[str, object]) -> KubeClient | None:
     from mobility.backends.kube.client import KubeClient
 
     raw = spec.get("kubeconfig")
@@ -30,7 +34,9 @@ def _member(spec: dict[str, Any]) -> Any:
         raise Invalid(f"kubeconfig is not YAML: {exc}") from exc
     if not isinstance(doc, dict):
         raise Invalid("kubeconfig must be a kubeconfig document (a mapping)")
-    return KubeClient.from_kubeconfig(doc, context=spec.get("context"), name=spec["name"])
+    context = spec.get("context")
+    return KubeClient.from_kubeconfig(doc, context=str(context) if context else None,
+                                      name=str(spec["name"]))
 
 
 def _need_kubefed() -> None:
@@ -41,15 +47,16 @@ def _need_kubefed() -> None:
 
 
 @app.task(name=JOIN_CLUSTER, soft_time_limit=180)
-def join(spec: dict[str, Any]) -> dict[str, Any]:
+def join(spec: Mapping[str, object]) -> Wire:
     try:
         _need_kubefed()
         member = _member(spec)
         if member is None:
             raise Invalid("joining a cluster needs its kubeconfig")
         fed = kubefed(get_settings())
-        fed.join(name=spec["name"], member=member)
-        cluster = fed.cluster_record(spec["name"])
+        name = str(spec["name"])
+        fed.join(name=name, member=member)
+        cluster = fed.cluster_record(name)
         registry().put_cluster(cluster)
     except MobilityError as exc:
         return to_wire(exc)
@@ -57,15 +64,16 @@ def join(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.task(name=UNJOIN_CLUSTER, soft_time_limit=180)
-def unjoin(spec: dict[str, Any]) -> dict[str, Any]:
+def unjoin(spec: Mapping[str, object]) -> Wire:
     try:
         _need_kubefed()
+        name = str(spec["name"])
         running = [s.name for s in registry().services().values()
-                   if s.instance and s.instance.cluster == spec["name"]]
+                   if s.instance and s.instance.cluster == name]
         if running:
-            raise Conflict(f"cluster {spec['name']!r} still runs {running}; move them first")
-        kubefed(get_settings()).unjoin(name=spec["name"], member=_member(spec))
-        registry().delete_cluster(spec["name"])
+            raise Conflict(f"cluster {name!r} still runs {running}; move them first")
+        kubefed(get_settings()).unjoin(name=name, member=_member(spec))
+        registry().delete_cluster(name)
     except MobilityError as exc:
         return to_wire(exc)
     return {"ok": True}

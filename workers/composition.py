@@ -7,18 +7,24 @@ here, when one of them is chosen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mobility.backends.lab import AgentWiring, LabFederation, LabStateAgents
 from mobility.backends.unavailable import UnavailableStateAgents
 from mobility.moving import Engine
+from mobility.ports import Federation
 from mobility.settings import Settings
 from mobility.store import Registry
 from workers.agents import CeleryNodeAgent
 
+if TYPE_CHECKING:
+    from mobility.backends.kube.client import KubeClient
+    from mobility.backends.kube.kubefed import KubeFedFederation
 
-def kube_host(settings: Settings) -> Any:
+
+def kube_host(settings: Settings) -> KubeClient:
     """A client for the KubeFed host (or the Karmada API server) from the settings."""
     from mobility.backends.kube.client import KubeClient
 
@@ -27,7 +33,7 @@ def kube_host(settings: Settings) -> Any:
                                       timeout=settings.kube_timeout_s)
 
 
-def kubefed(settings: Settings) -> Any:
+def kubefed(settings: Settings) -> KubeFedFederation:
     from mobility.backends.kube.kubefed import KubeFedFederation
 
     return KubeFedFederation(host=kube_host(settings), namespace=settings.kube_namespace,
@@ -50,20 +56,24 @@ def build_engine(settings: Settings) -> Engine:
     from mobility.backends.kube.nsm import NsmWiring
 
     host = kube_host(settings)
+    fed: Federation
+    members: Callable[[str], KubeClient]
     if settings.backend == "kubefed":
-        fed = kubefed(settings)
-        members = fed.member
+        kf = kubefed(settings)
+        fed, members = kf, kf.member
     else:
         from mobility.backends.kube.karmada import KarmadaFederation
 
         fed = KarmadaFederation(karmada=host, namespace=settings.kube_namespace,
                                 domain=settings.nsm_domain)
 
-        def members(cluster: str) -> Any:
+        def from_context(cluster: str) -> KubeClient:
             # Karmada keeps member credentials to itself: reach members through the
             # kubeconfig's contexts, named after the clusters.
             return KubeClient.from_kubeconfig(settings.kubeconfig or "~/.kube/config",
                                               context=cluster, timeout=settings.kube_timeout_s)
+
+        members = from_context
 
     wiring = NsmWiring(registry=host, members=members, clusters=reg.clusters,
                        namespace=settings.kube_namespace)

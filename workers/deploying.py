@@ -6,11 +6,11 @@ Each answers ``{"ok": True, ...}`` or the error wire form (:func:`mobility.error
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Mapping
 
 from mobility.chains import Chain
 from mobility.deploying import Deployer
-from mobility.errors import Invalid, MobilityError, to_wire
+from mobility.errors import Invalid, MobilityError, Wire, to_wire
 from workers.app import app
 from workers.canvas import DEPLOY_CHAIN, DEPLOY_SERVICE, REMOVE_CHAIN, REMOVE_SERVICE
 from workers.moves import engine
@@ -24,31 +24,36 @@ def deployer() -> Deployer:
 
 
 @app.task(name=DEPLOY_SERVICE, soft_time_limit=120)
-def deploy(spec: dict[str, Any]) -> dict[str, Any]:
+def deploy(spec: Mapping[str, object]) -> Wire:
     try:
-        svc = deployer().deploy(name=spec["name"], workload=spec["workload"],
-                                params=dict(spec.get("params") or {}), cluster=spec["cluster"],
-                                peers=list(spec.get("peers") or []))
+        params = spec.get("params") or {}
+        peers = spec.get("peers") or []
+        if not isinstance(params, Mapping) or not isinstance(peers, list):
+            raise Invalid("params must be a mapping and peers a list")
+        svc = deployer().deploy(name=str(spec["name"]), workload=str(spec["workload"]),
+                                params=dict(params), cluster=str(spec["cluster"]),
+                                peers=[str(p) for p in peers])
     except MobilityError as exc:
         return to_wire(exc)
     return {"ok": True, "service": svc.to_dict()}
 
 
 @app.task(name=DEPLOY_CHAIN, soft_time_limit=300)
-def deploy_chain(spec: dict[str, Any]) -> dict[str, Any]:
+def deploy_chain(spec: Mapping[str, object]) -> Wire:
     try:
         try:
-            chain = Chain.from_dict(spec)
+            chain = Chain.from_dict(dict(spec))
+            rate = float(str(spec.get("rate", 1000.0)))
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise Invalid(f"malformed chain: {exc}") from exc
-        services = deployer().deploy_chain(chain, rate=float(spec.get("rate", 1000.0)))
+        services = deployer().deploy_chain(chain, rate=rate)
     except MobilityError as exc:
         return to_wire(exc)
     return {"ok": True, "services": [s.to_dict() for s in services]}
 
 
 @app.task(name=REMOVE_CHAIN, soft_time_limit=300)
-def remove_chain(name: str) -> dict[str, Any]:
+def remove_chain(name: str) -> Wire:
     try:
         deployer().remove_chain(name)
     except MobilityError as exc:
@@ -57,7 +62,7 @@ def remove_chain(name: str) -> dict[str, Any]:
 
 
 @app.task(name=REMOVE_SERVICE, soft_time_limit=120)
-def remove(name: str) -> dict[str, Any]:
+def remove(name: str) -> Wire:
     try:
         deployer().remove(name)
     except MobilityError as exc:

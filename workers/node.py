@@ -32,6 +32,9 @@ from workers.app import app
 log = logging.getLogger(__name__)
 
 Answer = dict[str, object]
+# One handler per operation class; each takes its own class (hence Any: a mapping over
+# heterogeneous classes cannot say which handler takes which).
+Handler = Callable[[NodeRuntime, Any], object]
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,7 +55,7 @@ def _failed(message: str, *, errno: int | None, retryable: bool) -> Answer:
             "retryable": retryable}
 
 
-HANDLERS: Mapping[type[ops.NodeOp[Any]], Callable[[NodeRuntime, Any], object]] = {
+HANDLERS: Mapping[type[ops.AnyOp], Handler] = {
     ops.CreatePod: lambda rt, op: rt.create_pod(pod=op.pod, workload=op.workload,
                                                 params=dict(op.params), start=op.start),
     ops.StartWorkload: lambda rt, op: rt.start_workload(pod=op.pod, workload=op.workload,
@@ -72,9 +75,8 @@ HANDLERS: Mapping[type[ops.NodeOp[Any]], Callable[[NodeRuntime, Any], object]] =
 }
 
 
-def _serve(cls: type[ops.NodeOp[Any]],
-           handler: Callable[[NodeRuntime, Any], object]) -> Callable[[dict[str, Any]], Answer]:
-    def run(args: dict[str, Any]) -> Answer:
+def _serve(cls: type[ops.AnyOp], handler: Handler) -> Callable[[Mapping[str, object]], Answer]:
+    def run(args: Mapping[str, object]) -> Answer:
         try:
             op = cls.from_args(args)
             with reconciling.LOCK:
@@ -97,7 +99,7 @@ assert set(TASKS) == set(ops.ALL), "every node operation has a task"
 
 
 @worker_ready.connect
-def _start_reconciler(sender: Any = None, **_: Any) -> None:
+def _start_reconciler(sender: object = None, **_: object) -> None:
     """A node agent reconciles its node from the start (not the orchestrator: no node)."""
     if not os.environ.get("MOBILITY_NODE"):
         return

@@ -1,0 +1,116 @@
+"""The registry's move transitions against a real Redis.
+
+Aspects: ending a move writes its terminal status, releases the service's lock, leaves the
+active set and drops the lease in one MULTI/EXEC (seen with MONITOR); a reader polling the move
+and the service while moves end never sees a terminal move whose service is still locked by it
+(the invariant the fresh-machine failure broke); a lock taken by someone else is left alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from mobility import keys
+from mobility.models import Instance, Move, MoveStatus, Service
+from mobility.store import Registry, new_move_id
+from tests.conftest import RedisServer
+
+
+@pytest.fixture
+def registry(redis_server: RedisServer) -> Iterator[Registry]:
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    reg = Registry.from_url(url)
+    reg.r.flushdb()
+    yield reg
+    reg.r.flushdb()
+    reg.r.close()
+
+
+def _moving(reg: Registry, service: str) -> Move:
+    if reg.get_service(service) is None:
+        reg.put_service(Service(name=service, workload="echo",
+                                instance=Instance(cluster="core", node="n1", pod=f"{service}-1")))
+    move = Move(id=new_move_id(), service=service, from_cluster="core", to_cluster="edge",
+                created_at=time.time())
+    reg.create_move(move)
+    reg.update_move(move.id, lambda m: setattr(m, "status", MoveStatus.RUNNING))
+    reg.hold_lease(move.id, "tok", 30)
+    return move
+
+
+def test_a_moves_end_and_its_unlock_are_one_transaction(registry: Registry,
+                                                        redis_server: RedisServer) -> None:
+    move = _moving(registry, "svc-a")
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    mon_client = redis.Redis.from_url(url)
+    seen: list[str] = []
+    with mon_client.monitor() as mon:
+        registry.finish_move(move.id, MoveStatus.SUCCEEDED)
+        registry.r.ping()  # marks the end of what finish_move sent
+        for entry in mon.listen():
+            cmd = str(entry["command"])
+            seen.append(cmd)
+            if cmd.upper().startswith("PING"):
+                break
+    mon_client.close()
+    upper = [c.upper() for c in seen]
+    start = upper.index("MULTI")
+    end = upper.index("EXEC")
+    inside = upper[start:end]
+    assert any(c.startswith("SET " + keys.move(move.id).upper()) for c in inside), seen
+    assert any(c.startswith("DEL " + keys.service_lock("svc-a").upper()) for c in inside), seen
+    assert any(c.startswith("SREM " + keys.ACTIVE_MOVES.upper()) for c in inside), seen
+    assert any(c.startswith("DEL " + keys.move_lease(move.id).upper()) for c in inside), seen
+    assert registry.lock_owner("svc-a") is None
+    assert not registry.lease_alive(move.id)
+    assert registry.get_move(move.id).status == MoveStatus.SUCCEEDED
+
+
+def test_a_reader_never_sees_a_terminal_move_still_locked(registry: Registry,
+                                                          redis_server: RedisServer) -> None:
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"
+    reader = Registry.from_url(url)
+    current: dict[str, str] = {}
+    stop = threading.Event()
+    violations: list[str] = []
+    reads = 0
+
+    def watch() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            move_id = current.get("id")
+            if not move_id:
+                continue
+            # the order a client checks in: the move first, then the service
+            status = reader.get_move(move_id).status
+            svc = reader.get_service("svc-b")
+            reads += 1
+            if status.terminal and svc is not None and svc.moving == move_id:
+                violations.append(f"{move_id} {status} but svc-b locked by it")
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        for _ in range(200):
+            move = _moving(registry, "svc-b")
+            current["id"] = move.id
+            registry.finish_move(move.id, MoveStatus.SUCCEEDED)
+    finally:
+        stop.set()
+        t.join(10)
+        reader.r.close()
+    assert reads > 0
+    assert violations == []
+
+
+def test_a_lock_owned_by_someone_else_is_left_alone(registry: Registry) -> None:
+    move = _moving(registry, "svc-c")
+    registry.r.set(keys.service_lock("svc-c"), "removal-1")  # taken over, e.g. by a removal
+    registry.finish_move(move.id, MoveStatus.FAILED)
+    assert registry.lock_owner("svc-c") == "removal-1"
+    assert move.id not in {m.id for m in registry.active_moves()}
