@@ -22,6 +22,7 @@ POD_SEQ = f"{PREFIX}seq:pod"
 CHAINS = f"{PREFIX}chains"  # set of chain names
 SIGNALS = f"{PREFIX}signals"  # set of the series keys holding samples
 POLICIES = f"{PREFIX}policies"  # set of policy ids
+POLICY_TICKS = f"{PREFIX}policies:ticks"  # how many policy ticks have run (a counter)
 REBALANCE_CONFIG = f"{PREFIX}rebalance:config"
 REBALANCE_LAST = f"{PREFIX}rebalance:last"  # the last plan the scheduled rebalancer ran
 REDBEAT_PREFIX = f"{PREFIX}redbeat:"  # celery-redbeat's own keys start with this
@@ -66,6 +67,11 @@ def move(move_id: str) -> str:
 
 def move_events(move_id: str) -> str:
     return f"{PREFIX}move:{move_id}:events"
+
+
+def fault_release(move_id: str) -> str:
+    """A list a test pushes to, to end a ``pause:<phase>`` fault's hold (fault injection only)."""
+    return f"{PREFIX}fault:{move_id}:release"
 
 
 def move_lease(move_id: str) -> str:

@@ -238,7 +238,7 @@ class Event:
 
     move_id: str
     # status, phase_started, phase_ended, precopy_round, final_delta, freeze_window,
-    # cutover_confirmed, compensated, compensation_failed, reaped
+    # cutover_confirmed, compensated, compensation_failed, reaped, fault_paused
     kind: str
     ts: float
     phase: str | None = None

@@ -41,12 +41,14 @@ from state_transfer.frames import new_key
 log = logging.getLogger(__name__)
 
 # Faults a move may carry when fault injection is on (tests and drills): "<phase>" fails that
-# phase after its work is done; "pause:<phase>" holds the phase (and its lease) for PAUSE_S,
-# long enough to kill a worker in the middle of it.
+# phase after its work is done; "pause:<phase>" holds the phase (and its lease) after its work,
+# at the move's first epoch only, until the pause is released (``Registry.release_pause``, or
+# an abort request) or PAUSE_MAX_S pass: a test kills a worker in the middle of a phase, or
+# looks at both instances, without racing a timer.
 # "corrupt:<phase>" makes the source's state agent corrupt a frame in that phase's transfer.
 INJECTABLE = frozenset([str(p) for p in Phase] + [f"pause:{p}" for p in Phase]
                        + ["corrupt:sync", "corrupt:cutover"])
-PAUSE_S = 3.0
+PAUSE_MAX_S = 120.0
 STRATEGIES = ("precopy", "stop-and-copy")
 
 
@@ -113,7 +115,10 @@ class MoveRequests:
             if not m.status.terminal and not m.cutover_confirmed:
                 m.abort_requested = True
 
-        return self.registry.update_move(move_id, ask)
+        move = self.registry.update_move(move_id, ask)
+        if move.abort_requested and any(f.startswith("pause:") for f in move.faults):
+            self.registry.release_pause(move_id)  # a held phase ends, then the abort is seen
+        return move
 
 
 class Engine:
@@ -153,8 +158,10 @@ class Engine:
         t0 = time.perf_counter()
         with self.lease(move_id):
             getattr(self, f"_{phase}")(move, epoch)
-            if f"pause:{phase}" in move.faults:
-                time.sleep(PAUSE_S)
+            if f"pause:{phase}" in move.faults and epoch == 0:
+                self._event(move_id, "fault_paused", phase=phase)
+                if not self.registry.wait_pause_released(move_id, timeout=PAUSE_MAX_S):
+                    log.warning("move %s: pause in %s never released", move_id, phase)
             if str(phase) in move.faults:
                 raise InjectedFault(f"fault injected in {phase}")
         ms = round((time.perf_counter() - t0) * 1000, 1)

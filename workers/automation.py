@@ -25,6 +25,7 @@ def tick() -> dict[str, object]:
     """Evaluate every policy; start the moves they call for."""
     decisions = automation.evaluate(registry())
     started, refused = automation.start_decided(_requests(), decisions, start_move)
+    registry().count_policy_tick()
     if started or refused:
         log.info("policies started %s, refused %s", started, refused)
     return {"started": started, "refused": refused}

@@ -133,6 +133,14 @@ class AutomationStore(StoreBase):
             deleted, _ = p.execute()
         return bool(deleted)
 
+    def count_policy_tick(self) -> int:
+        """Count a finished policy tick (so a caller can wait for the next one)."""
+        return int(self.r.incr(keys.POLICY_TICKS))
+
+    def policy_ticks(self) -> int:
+        raw = cast(bytes | None, self.r.get(keys.POLICY_TICKS))
+        return int(raw) if raw else 0
+
     # --- rebalancing ---
 
     def rebalance_config(self) -> Constraints:

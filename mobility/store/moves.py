@@ -174,6 +174,26 @@ class MoveStore(StoreBase):
     def lease_alive(self, move_id: str) -> bool:
         return bool(self.r.exists(keys.move_lease(move_id)))
 
+    # --- injected pauses (fault injection only) ---
+
+    def release_pause(self, move_id: str) -> None:
+        """End a ``pause:<phase>`` hold of the move (now or when it starts)."""
+        with self.r.pipeline(transaction=True) as p:
+            p.rpush(keys.fault_release(move_id), "1")
+            p.expire(keys.fault_release(move_id), 3600)
+            p.execute()
+
+    def wait_pause_released(self, move_id: str, *, timeout: float) -> bool:
+        """Block until the move's pause is released (True) or ``timeout`` passes (False).
+
+        Waits in slices shorter than the client's socket timeout, so a long hold never looks
+        like a dead connection."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.r.blpop([keys.fault_release(move_id)], timeout=max(1, min(5, int(left)))):
+                return True
+        return False
+
     # --- events ---
 
     def add_event(self, event: Event, *, ttl_s: int) -> str:

@@ -3,7 +3,8 @@
 Aspects: bad signals get a clear 4xx and are not stored; a policy is validated, stored,
 listed, replaced and deleted; a burst of high-latency signals makes the policy tick (Celery
 beat) start exactly one move to an edge cluster, recorded with the policy and the signal
-values that triggered it, and the cooldown holds back a second one (the dry run says why);
+values that triggered it; after a move by hand, the cooldown holds back the policy's next
+move through two policy ticks (counted, not slept for), and the dry run says "cooldown";
 a rebalance schedule set through the API (celery-redbeat) makes beat rebalance a skewed
 placement, and the plan it ran is visible.
 """
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from cli.stack import Stack
+from mobility.store import Registry
 from tests.integration.test_moves import Pair, wait_terminal
 
 
@@ -102,16 +104,33 @@ def test_latency_burst_triggers_exactly_one_move(api: httpx.Client, lab_stack: S
         assert (move["origin"], move["policy_id"], move["to_cluster"]) == (
             "policy", "offload", "edge")
         assert move["trigger"]["reading"]["value"] >= 45.0
-        # more high latency, now measured where it runs: the cooldown holds the next move back
+        # moved back by hand; high latency where it runs now would move it to the edge again,
+        # but the cooldown (from the last move, whoever started it) holds the policy back
+        by_hand = time.time()
+        r = api.post("/v1/moves", json={"service": pair.echo, "to_cluster": "core"})
+        assert r.status_code == 202, r.text
+        assert wait_terminal(api, r.json()["id"])["status"] == "succeeded"
+        # samples count only after the last move and must span the condition's duration (2 s):
+        # without a cooldown these would start a move
+        while time.time() < by_hand + 3:
+            time.sleep(0.1)
         now = time.time()
-        more = [sample(service=pair.echo, cluster="edge", region="eu", value=60.0,
-                       ts=now - 3 + i * 0.1) for i in range(31)]
-        api.post("/v1/signals", json={"samples": more})
-        time.sleep(5)  # two policy ticks
-        assert len(moves_of(api, pair.echo)) == 1
+        more = [sample(service=pair.echo, cluster="core", region="eu", value=60.0,
+                       ts=by_hand + 0.2 + i * (now - by_hand - 0.2) / 30) for i in range(31)]
+        assert api.post("/v1/signals", json={"samples": more}).json() == {"stored": 31}
+        reg = Registry.from_url(lab_stack.redis_url())
+        try:
+            ticks = reg.policy_ticks()
+            deadline = time.monotonic() + 30
+            while reg.policy_ticks() < ticks + 2:  # two whole ticks saw the new samples
+                assert time.monotonic() < deadline, "beat ran no policy tick"
+                time.sleep(0.1)
+        finally:
+            reg.r.close()
+        assert len(moves_of(api, pair.echo)) == 2, moves_of(api, pair.echo)
         dry = api.post("/v1/policies/evaluate", params={"dry_run": "true"}).json()
         mine = [d for d in dry["decisions"] if d["service"] == pair.echo]
-        assert mine and mine[0]["outcome"] in ("cooldown", "no_target", "already_nearest"), mine
+        assert [d["outcome"] for d in mine] == ["cooldown"], mine
     finally:
         api.delete("/v1/policies/offload")
     pair.wait_replies(300)

@@ -23,6 +23,7 @@ import pytest
 from cli.stack import Stack
 from dataplane import netlink
 from dataplane.lab import topology
+from mobility.store import Registry
 
 PHASES = ["admit", "place", "wire", "sync", "cutover", "release"]
 
@@ -97,6 +98,15 @@ def wait_event(api: httpx.Client, move_id: str, kind: str, phase: str, timeout: 
     raise AssertionError(f"no {kind} event for {phase}")
 
 
+def release_pause(stack: Stack, move_id: str) -> None:
+    """End the hold of a ``pause:<phase>`` fault (the phase goes on)."""
+    reg = Registry.from_url(stack.redis_url())
+    try:
+        reg.release_pause(move_id)
+    finally:
+        reg.r.close()
+
+
 def pod_exists(stack: Stack, pod: str) -> bool:
     return netlink.namespace_exists(stack.plan.pod_namespace(pod))
 
@@ -162,7 +172,7 @@ def test_orchestrator_killed_mid_move_never_sticks(api: httpx.Client, lab_stack:
                                     "faults": [pause]})
     assert r.status_code == 202, r.text
     move_id = r.json()["id"]
-    wait_event(api, move_id, "phase_started", pause.split(":")[1])
+    wait_event(api, move_id, "fault_paused", pause.split(":")[1])  # its work done, held
     pid = topology.recorded_pid(lab_stack.run_dir, "orchestrator")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)

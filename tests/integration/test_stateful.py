@@ -24,7 +24,7 @@ from cli.stack import Stack
 from mobility import keys
 from state_transfer.control import AgentClient
 from tests.conftest import STATE_TTL_S
-from tests.integration.test_moves import wait_event, wait_terminal
+from tests.integration.test_moves import release_pause, wait_event, wait_terminal
 
 
 @pytest.fixture
@@ -115,8 +115,9 @@ def test_digest_equal_on_both_sides(api: httpx.Client, lab_stack: Stack, strateg
                                     "strategy": strategy, "faults": ["pause:cutover"]})
     assert r.status_code == 202, r.text
     move_id = r.json()["id"]
-    wait_event(api, move_id, "cutover_confirmed", "cutover")
+    wait_event(api, move_id, "fault_paused", "cutover")
     move = api.get(f"/v1/moves/{move_id}").json()
+    assert move["cutover_confirmed"] is True, move
     # in the pause after the cutover both instances exist: the frozen source and the target
     # (the extra state, "blob:*": the sessions go on changing on the target once it serves)
     with s.agent(move["source"]["pod"]) as src, s.agent(move["target"]["pod"]) as tgt:
@@ -125,6 +126,7 @@ def test_digest_equal_on_both_sides(api: httpx.Client, lab_stack: Stack, strateg
         digest = src.call("digest", prefix="blob:")["digest"]
         assert digest == tgt.call("digest", prefix="blob:")["digest"]
         assert digest != tgt.call("digest", prefix="nothing")["digest"]
+    release_pause(lab_stack, move_id)
     move = wait_terminal(api, move_id)
     assert move["status"] == "succeeded", move
     assert (move["precopy_rounds"] == 1) == (strategy == "stop-and-copy"), move
