@@ -36,6 +36,7 @@ class MoveOut(BaseModel):
     service: str
     status: str
     phase: str | None
+    epoch: int = Field(description="0, or how many times the reaper took the move over")
     from_cluster: str
     to_cluster: str
     source: InstanceOut | None
@@ -63,7 +64,8 @@ class MoveOut(BaseModel):
     def of(cls, m: Move) -> MoveOut:
         return cls(
             id=m.id, service=m.service, status=str(m.status),
-            phase=str(m.phase) if m.phase else None, from_cluster=m.from_cluster,
+            phase=str(m.phase) if m.phase else None, epoch=m.epoch,
+            from_cluster=m.from_cluster,
             to_cluster=m.to_cluster, source=InstanceOut.of(m.source),
             target=InstanceOut.of(m.target), created_at=m.created_at,
             finished_at=m.finished_at, total_ms=m.total_ms, phase_ms=dict(m.phase_ms),

@@ -74,6 +74,11 @@ def fault_release(move_id: str) -> str:
     return f"{PREFIX}fault:{move_id}:release"
 
 
+def fault_fired(move_id: str, fault: str) -> str:
+    """Set once a one-shot injected fault of the move has struck (fault injection only)."""
+    return f"{PREFIX}fault:{move_id}:fired:{fault}"
+
+
 def move_lease(move_id: str) -> str:
     return f"{PREFIX}lease:move:{move_id}"
 
@@ -81,6 +86,11 @@ def move_lease(move_id: str) -> str:
 def service_health(name: str) -> str:
     """Path health of a service's instance, as its node agent last saw it (expires)."""
     return f"{PREFIX}health:{name}"
+
+
+def reconcile_passes(node: str) -> str:
+    """How many reconcile passes a node's agent has finished (a counter; ``node``: c.n)."""
+    return f"{PREFIX}reconcile:{node}:passes"
 
 
 def service_lock(name: str) -> str:

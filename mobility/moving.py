@@ -23,6 +23,7 @@ from typing import Any
 
 from mobility import planning, workloads
 from mobility.errors import (
+    FederationError,
     InjectedFault,
     Invalid,
     MobilityError,
@@ -40,14 +41,21 @@ from state_transfer.frames import new_key
 
 log = logging.getLogger(__name__)
 
-# Faults a move may carry when fault injection is on (tests and drills): "<phase>" fails that
-# phase after its work is done; "pause:<phase>" holds the phase (and its lease) after its work,
-# at the move's first epoch only, until the pause is released (``Registry.release_pause``, or
-# an abort request) or PAUSE_MAX_S pass: a test kills a worker in the middle of a phase, or
-# looks at both instances, without racing a timer.
-# "corrupt:<phase>" makes the source's state agent corrupt a frame in that phase's transfer.
+# Faults a move may carry when fault injection is on (tests and drills). Each strikes at the
+# move's first epoch only: a move the reaper took over runs clean, as after a real crash.
+# - "<phase>": that phase fails after its work is done;
+# - "flaky:<phase>": that phase fails once with a retryable error (retried in place);
+# - "pause:<phase>": the phase holds (and its lease) after its work, until the pause is
+#   released (``Registry.release_pause``, or an abort request) or PAUSE_MAX_S pass: a test
+#   kills a worker in the middle of a phase, or looks at both instances, without racing a timer;
+# - "pause:switched": CUTOVER holds after switching the peers, before confirming the switch;
+# - "pause:rollback": a compensation holds after its first step;
+# - "undo:<phase>": that phase's compensation fails;
+# - "corrupt:<phase>": the source's state agent corrupts a frame in that phase's transfer.
 INJECTABLE = frozenset([str(p) for p in Phase] + [f"pause:{p}" for p in Phase]
-                       + ["corrupt:sync", "corrupt:cutover"])
+                       + [f"flaky:{p}" for p in Phase] + [f"undo:{p}" for p in Phase]
+                       + ["pause:switched", "pause:rollback", "corrupt:sync",
+                          "corrupt:cutover"])
 PAUSE_MAX_S = 120.0
 STRATEGIES = ("precopy", "stop-and-copy")
 
@@ -158,12 +166,13 @@ class Engine:
         t0 = time.perf_counter()
         with self.lease(move_id):
             getattr(self, f"_{phase}")(move, epoch)
-            if f"pause:{phase}" in move.faults and epoch == 0:
-                self._event(move_id, "fault_paused", phase=phase)
-                if not self.registry.wait_pause_released(move_id, timeout=PAUSE_MAX_S):
-                    log.warning("move %s: pause in %s never released", move_id, phase)
-            if str(phase) in move.faults:
+            self._hold(move, epoch, f"pause:{phase}", phase)
+            if epoch == 0 and str(phase) in move.faults:
                 raise InjectedFault(f"fault injected in {phase}")
+            if (epoch == 0 and f"flaky:{phase}" in move.faults
+                    and self.registry.fire_once(move_id, f"flaky:{phase}")):
+                raise FederationError(f"flaky fault injected in {phase} (retryable)",
+                                      retryable=True)
         ms = round((time.perf_counter() - t0) * 1000, 1)
 
         def end(m: Move) -> None:
@@ -174,6 +183,14 @@ class Engine:
         self.registry.update_move(move_id, end, epoch=epoch)
         self._event(move_id, "phase_ended", phase=phase, detail=f"{ms} ms")
         return True
+
+    def _hold(self, move: Move, epoch: int, fault: str, phase: Phase) -> None:
+        """Hold here while the injected pause ``fault`` is on (first epoch only)."""
+        if epoch != 0 or fault not in move.faults:
+            return
+        self._event(move.id, "fault_paused", phase=phase, detail=fault)
+        if not self.registry.wait_pause_released(move.id, timeout=PAUSE_MAX_S):
+            log.warning("move %s: %s never released", move.id, fault)
 
     def _admit(self, move: Move, epoch: int) -> None:
         """Record the plan: which node and pod take the new instance."""
@@ -256,13 +273,16 @@ class Engine:
         sits in Redis. Opening is idempotent, so a retried phase reuses the sessions.
         """
         assert move.source is not None
-        source = self.state_agents.agent(move.source)
-        target = self.state_agents.agent(self._target(move))
-        key = new_key()
-        for agent, role in ((source, "source"), (target, "target")):
-            agent.call("open", move=move.id, key=key, role=role,
-                       redis_url=self.settings.agents_redis_url,
-                       stall_timeout_s=self.settings.state_stall_timeout_s)
+        try:
+            source = self.state_agents.agent(move.source)
+            target = self.state_agents.agent(self._target(move))
+            key = new_key()
+            for agent, role in ((source, "source"), (target, "target")):
+                agent.call("open", move=move.id, key=key, role=role,
+                           redis_url=self.settings.agents_redis_url,
+                           stall_timeout_s=self.settings.state_stall_timeout_s)
+        except StateTransferError as exc:
+            raise PhaseFailed(f"state agents: {exc}") from exc
         return source, target
 
     def _round(self, move: Move, source: StateAgent, target: StateAgent, *, rnd: int,
@@ -313,6 +333,7 @@ class Engine:
             self.federation.quiesce(instance=move.source)
         for link, peer in pairs:
             self.wiring.switch(link=link, moved=svc.name, peer_instance=peer, to_instance=target)
+        self._hold(move, epoch, "pause:switched", Phase.CUTOVER)
         if pausable:
             self.federation.resume(instance=target)
         if move.stateful:
@@ -406,9 +427,13 @@ class Engine:
         move = self.registry.update_move(move_id, begin, epoch=epoch)
         self._event(move_id, "status", detail=f"rolling_back: {error}")
         with self.lease(move_id):
-            for phase in compensation_plan(move):
+            for i, phase in enumerate(compensation_plan(move)):
                 name = COMPENSATIONS[phase]
+                if i == 1:
+                    self._hold(move, epoch, "pause:rollback", phase)
                 try:
+                    if epoch == 0 and f"undo:{phase}" in move.faults:
+                        raise InjectedFault(f"fault injected in {name}")
                     getattr(self, f"_undo_{phase}")(move)
                 except MobilityError as exc:
                     log.error("move %s: compensation %s failed: %s", move_id, name, exc)

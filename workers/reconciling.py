@@ -105,6 +105,7 @@ def reconcile_once(rt: NodeRuntime, registry: Registry) -> dict[str, PathHealth]
                             checked_at=time.time(), node=rt.node.queue_id, links=links)
         registry.put_health(svc.name, health, ttl_s=HEALTH_TTL_S)
         report[svc.name] = health
+    registry.count_reconcile_pass(rt.node.queue_id)
     return report
 
 

@@ -96,6 +96,14 @@ class FleetStore(StoreBase):
         raw = cast(bytes | None, self.r.get(keys.service_health(service)))
         return PathHealth.from_dict(unpack(raw)) if raw else None
 
+    def count_reconcile_pass(self, node: str) -> int:
+        """Count a finished reconcile pass of ``node`` (so a caller can wait for the next)."""
+        return int(self.r.incr(keys.reconcile_passes(node)))
+
+    def reconcile_passes(self, node: str) -> int:
+        raw = cast(bytes | None, self.r.get(keys.reconcile_passes(node)))
+        return int(raw) if raw else 0
+
     # --- links and allocations ---
 
     def put_link(self, link: Link) -> None:

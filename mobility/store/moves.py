@@ -183,6 +183,10 @@ class MoveStore(StoreBase):
             p.expire(keys.fault_release(move_id), 3600)
             p.execute()
 
+    def fire_once(self, move_id: str, fault: str) -> bool:
+        """True the first time a one-shot fault of the move is asked about, then False."""
+        return bool(self.r.set(keys.fault_fired(move_id, fault), "1", nx=True, ex=3600))
+
     def wait_pause_released(self, move_id: str, *, timeout: float) -> bool:
         """Block until the move's pause is released (True) or ``timeout`` passes (False).
 
