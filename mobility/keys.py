@@ -26,6 +26,7 @@ POLICY_TICKS = f"{PREFIX}policies:ticks"  # how many policy ticks have run (a co
 REBALANCE_CONFIG = f"{PREFIX}rebalance:config"
 REBALANCE_LAST = f"{PREFIX}rebalance:last"  # the last plan the scheduled rebalancer ran
 REDBEAT_PREFIX = f"{PREFIX}redbeat:"  # celery-redbeat's own keys start with this
+BENCH_VALUE = f"{PREFIX}bench:value"  # the value bench/state.py SETs and GETs for its baseline
 
 
 def cluster(name: str) -> str:

@@ -513,8 +513,9 @@ class Engine:
             if action == "none":
                 continue
             try:
-                bumped = self.registry.update_move(
-                    move.id, lambda m: setattr(m, "epoch", m.epoch + 1), epoch=move.epoch)
+                bumped = self.registry.take_over(move.id, epoch=move.epoch,
+                                                 token=secrets.token_hex(8),
+                                                 ttl_s=self.settings.lease_handoff_s)
             except StaleEpoch:
                 continue  # someone else took it over first
             phases: tuple[Phase, ...] = ()

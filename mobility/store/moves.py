@@ -146,6 +146,25 @@ class MoveStore(StoreBase):
 
         return self.update_move(move_id, done, _also=unlock, _watch=(lock,))
 
+    def take_over(self, move_id: str, *, epoch: int, token: str, ttl_s: float) -> Move:
+        """The reaper's takeover of a move whose worker vanished: bump its epoch and hold its
+        lease (for the hand-off to the tasks it dispatches) in one transaction.
+
+        Refused (StaleEpoch) when the move is no longer at ``epoch`` or someone holds its
+        lease: of two reapers at once, exactly one takes the move.
+        """
+        lease = keys.move_lease(move_id)
+
+        def bump(m: Move) -> None:
+            m.epoch += 1
+
+        def hold(pipe: Pipeline, m: Move, seen: dict[str, bytes | None]) -> None:
+            if seen.get(lease) is not None:
+                raise StaleEpoch(f"move {move_id} is leased again: someone took it over")
+            pipe.set(lease, token, px=int(ttl_s * 1000))
+
+        return self.update_move(move_id, bump, epoch=epoch, _also=hold, _watch=(lease,))
+
     # --- locks ---
 
     def take_lock(self, service: str, owner: str) -> bool:

@@ -114,3 +114,38 @@ def test_a_lock_owned_by_someone_else_is_left_alone(registry: Registry) -> None:
     registry.finish_move(move.id, MoveStatus.FAILED)
     assert registry.lock_owner("svc-c") == "removal-1"
     assert move.id not in {m.id for m in registry.active_moves()}
+
+
+class _Untouched:
+    """A port the reaper must not use: it only reads and bumps move records."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the reaper called {name}")
+
+
+def test_two_reapers_at_once_take_a_lost_move_exactly_once(registry: Registry) -> None:
+    from mobility.moving import Engine
+    from mobility.settings import Settings
+
+    engines = [Engine(registry=registry, federation=_Untouched(),  # type: ignore[arg-type]
+                      wiring=_Untouched(), state_agents=_Untouched(),  # type: ignore[arg-type]
+                      settings=Settings()) for _ in range(2)]
+    for round_ in range(20):
+        move = _moving(registry, f"svc-r{round_}")
+        registry.r.delete(keys.move_lease(move.id))  # its worker died: the lease is gone
+        barrier = threading.Barrier(2)
+        taken: list[list[object]] = [[], []]
+
+        def reap(i: int, barrier: threading.Barrier, taken: list[list[object]]) -> None:
+            barrier.wait()
+            taken[i] = list(engines[i].reap())
+
+        threads = [threading.Thread(target=reap, args=(i, barrier, taken)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        mine = [r for rs in taken for r in rs if getattr(r, "move_id", None) == move.id]
+        assert len(mine) == 1, (round_, taken)
+        assert registry.get_move(move.id).epoch == 1
+        registry.finish_move(move.id, MoveStatus.FAILED)
