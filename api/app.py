@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
-from api.routers import automation, chains, clusters, health, moves, services
+from api.auth import Authorized
+from api.routers import (
+    automation,
+    chains,
+    clusters,
+    health,
+    moves,
+    operations,
+    services,
+    tokens,
+)
 from mobility.moving import MoveRequests
 from mobility.settings import Settings, get_settings
 from mobility.store import Registry
@@ -20,6 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.requests = MoveRequests(registry=registry, settings=settings)
     errors.install(app)
     for r in (moves.router, services.router, chains.router, clusters.router,
-              automation.router, health.router):
-        app.include_router(r)
+              operations.router, automation.router, tokens.router):
+        app.include_router(r, dependencies=[Authorized])
+    app.include_router(health.router)  # open: see api.auth
+    if settings.api_cors_origins:  # off unless origins are named
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.api_cors_origins),
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Last-Event-ID"])
     return app

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mobility.models import Cluster, Instance, Move, PathHealth, Service
+from mobility.operations import Operation
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")]
 
@@ -19,6 +20,46 @@ class MoveRequest(BaseModel):
     strategy: Literal["precopy", "stop-and-copy"] = "precopy"
     faults: list[str] = Field(default_factory=list, max_length=6,
                               description="phases to fail on purpose (fault injection only)")
+
+
+class OperationOut(BaseModel):
+    id: str
+    kind: str
+    target: str
+    status: Literal["pending", "running", "succeeded", "failed"]
+    created_at: float
+    expires_at: float = Field(description="a task no worker started by then is dropped")
+    started_at: float | None
+    finished_at: float | None
+    result: dict[str, Any] = Field(description='on success: "location", the resource made')
+    error: str | None
+    error_kind: str | None = Field(description="not_found, conflict, invalid, federation...")
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, op: Operation) -> OperationOut:
+        return cls(id=op.id, kind=op.kind, target=op.target, status=str(op.status),  # type: ignore[arg-type]
+                   created_at=op.created_at, expires_at=op.expires_at,
+                   started_at=op.started_at, finished_at=op.finished_at,
+                   result=dict(op.result), error=op.error, error_kind=op.error_kind,
+                   links={"self": f"/v1/operations/{op.id}"})
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+# The error answers every route may give, declared so the OpenAPI says what comes back.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "something the request names does not exist"},
+    409: {"model": ErrorOut, "description": "the request clashes with the current state"},
+}
+
+
+class Accepted(BaseModel):
+    """202: the work is queued; poll ``operation.links.self`` until it ends."""
+
+    operation: OperationOut
 
 
 class InstanceOut(BaseModel):

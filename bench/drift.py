@@ -39,7 +39,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from celery import Celery
 
 from bench import labs
@@ -226,7 +225,7 @@ def run(stack: Stack, *, runs: int, rate: float, timeout: float) -> int:
     registry = Registry.from_url(stack.redis_url())
     app = client(stack.redis_url())
     results = Results()
-    with httpx.Client(base_url=stack.api_url, timeout=120) as api:
+    with stack.api_client(timeout=120) as api:
         remove_demo_services(api)
         api.post("/v1/services", json={"name": SVC, "workload": "echo",
                                        "cluster": "core"}).raise_for_status()

@@ -41,7 +41,9 @@ import httpx
 
 from bench import labs
 from bench.percentiles import distribution, nearest_rank
+from cli.client import ApiClient
 from cli.demo import follow_events
+from mobility import tokens
 from mobility.backends.kube.client import KubeClient
 from mobility.backends.kube.kubefed import KubeFedFederation
 from mobility.backends.kube.nsm import NsmWiring
@@ -208,7 +210,10 @@ def main() -> int:
             procs.wait_ready(redis_server.url)
             propagation = propagation_ms(fed, cp, "bench-client", 10)
             roundtrip = celery_roundtrip_ms(redis_server.url)
-            result, totals = run_moves(procs.api_url, moves=args.moves)
+            record, token = tokens.mint(role=tokens.Role.OPERATOR, name="bench k8s_move",
+                                        ttl_s=3600)
+            registry.put_token(record)
+            result, totals = run_moves(procs.api_url, token=token, moves=args.moves)
             propagation += propagation_ms(fed, cp, "bench-client", 10)
             roundtrip += celery_roundtrip_ms(redis_server.url)
             prop_p50 = statistics.median(propagation)
@@ -232,12 +237,13 @@ def main() -> int:
     return 0 if failed == 0 else 1
 
 
-def run_moves(api_url: str, *, moves: int) -> tuple[dict[str, Any], list[float]]:
+def run_moves(api_url: str, *, token: str,
+              moves: int) -> tuple[dict[str, Any], list[float]]:
     """The moves through the API: the result's figures, and the succeeded moves' totals."""
     totals: list[float] = []
     phases: dict[str, list[float]] = {}
     errors: list[dict[str, Any]] = []
-    with httpx.Client(base_url=api_url, timeout=120) as api:
+    with ApiClient(api_url, token=token, timeout=120) as api:
         for i in range(moves):
             at = api.get("/v1/services/bench-echo").json()["instance"]["cluster"]
             to = "member-b" if at == "member-a" else "member-a"

@@ -28,8 +28,6 @@ import statistics
 import time
 from typing import Any
 
-import httpx
-
 from bench import labs
 from bench.percentiles import distribution, nearest_rank
 from cli.demo import follow_events, wait_probe
@@ -82,7 +80,7 @@ def run(stack: Stack, *, moves: int, rate: float) -> int:
     errors: list[dict[str, Any]] = []
     # replies the probe must get between two moves: the service answers from where it landed
     between = max(1, int(rate * 0.3))
-    with httpx.Client(base_url=stack.api_url, timeout=120) as api:
+    with stack.api_client(timeout=120) as api:
         for name in (CLIENT, ECHO):
             if api.get(f"/v1/services/{name}").status_code == 200:
                 api.delete(f"/v1/services/{name}").raise_for_status()

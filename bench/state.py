@@ -171,7 +171,7 @@ def run(stack: Stack, *, state_mb: float, runs: int, rates: list[str]) -> int:
     if worker is None:
         raise RuntimeError("the orchestration worker is not running")
     values = max(1, int(state_mb * 1024 * 1024 // BLOB))
-    with httpx.Client(base_url=stack.api_url, timeout=300) as api:
+    with stack.api_client(timeout=300) as api:
         remove_demo_services(api)
         rss_before = rss_mb(worker)
         before = measure_baselines(stack, values=values)

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from cli.client import ApiClient
 from dataplane.lab.topology import LabPlan
 
 ECHO, CLIENT = "demo-echo", "demo-client"
@@ -81,7 +82,8 @@ class Stateful:
     strategy: str = "precopy"
 
 
-def run(*, plan: LabPlan, api_url: str, to_cluster: str = "edge", from_cluster: str = "core",
+def run(*, plan: LabPlan, api_url: str, token: str, to_cluster: str = "edge",
+        from_cluster: str = "core",
         rate: float = 1000.0, settle_s: float = 1.0, stateful: Stateful | None = None,
         on_event: Callable[[dict[str, Any]], None] = lambda _: None,
         say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -97,7 +99,7 @@ def run(*, plan: LabPlan, api_url: str, to_cluster: str = "edge", from_cluster: 
                               "dirty_rate": stateful.dirty_rate}}
         client_spec = {"name": CLIENT, "workload": "session-probe", "cluster": from_cluster,
                        "peers": [ECHO], "params": {"rate": rate}}
-    with httpx.Client(base_url=api_url, timeout=120) as api:
+    with ApiClient(api_url, token=token, timeout=120) as api:
         remove_demo_services(api)
         say(f"deploying {ECHO} ({service['workload']}) in {from_cluster}")
         _check(api.post("/v1/services", json=service), f"deploying {ECHO}")
@@ -164,7 +166,8 @@ def _merge_probes(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_chain(*, plan: LabPlan, api_url: str, move: str | None = None, rate: float = 1000.0,
+def run_chain(*, plan: LabPlan, api_url: str, token: str, move: str | None = None,
+              rate: float = 1000.0,
               settle_s: float = 1.0, on_event: Callable[[dict[str, Any]], None] = lambda _: None,
               say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Build the default chain across both clusters, move one element under the probe."""
@@ -172,7 +175,7 @@ def run_chain(*, plan: LabPlan, api_url: str, move: str | None = None, rate: flo
     move = move or names[1]
     if move not in names:
         raise DemoError(f"--move {move!r}: the chain's elements are {', '.join(names)}")
-    with httpx.Client(base_url=api_url, timeout=300) as api:
+    with ApiClient(api_url, token=token, timeout=300) as api:
         if api.get(f"/v1/chains/{CHAIN}").status_code == 200:
             _check(api.delete(f"/v1/chains/{CHAIN}"), "removing the previous demo chain")
         remove_demo_services(api)

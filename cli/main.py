@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli import demo as demo_mod
+from cli.client import api_client
 from cli.stack import Stack, StackError, default_stack
 from dataplane.lab import topology
 from mobility.logs import configure_logging
@@ -90,7 +91,7 @@ def lab_down(as_json: JsonOpt = False) -> None:
 
 def _services() -> list[dict[str, Any]] | str:
     try:
-        with httpx.Client(base_url=get_settings().api_url, timeout=3) as api:
+        with api_client(timeout=3) as api:
             resp = api.get("/v1/services")
             resp.raise_for_status()
             result: list[dict[str, Any]] = resp.json()
@@ -197,11 +198,13 @@ def demo(
             out.print(f"{t}  [{colour}]{ev['kind']:<18}[/] {phase:<8} {ev.get('detail', '')}")
 
         if chain:
-            summary = demo_mod.run_chain(plan=plan, api_url=stack.api_url, move=move_element,
+            summary = demo_mod.run_chain(plan=plan, api_url=stack.api_url, token=stack.token(),
+                                         move=move_element,
                                          rate=rate, on_event=on_event, say=say)
         else:
             summary = demo_mod.run(
-                plan=plan, api_url=stack.api_url, to_cluster=to, from_cluster=source,
+                plan=plan, api_url=stack.api_url, token=stack.token(), to_cluster=to,
+                from_cluster=source,
                 rate=rate, on_event=on_event, say=say,
                 stateful=demo_mod.Stateful(state_mb=state_mb, dirty_rate=dirty_rate,
                                            strategy=strategy) if stateful else None)
@@ -261,7 +264,7 @@ def chain_request(path: str) -> dict[str, Any]:
 def chain_deploy(path: str, as_json: JsonOpt = False) -> None:
     """Deploy the chain a file declares (through the API)."""
     body = chain_request(path)
-    with httpx.Client(base_url=get_settings().api_url, timeout=300) as api:
+    with api_client(timeout=300) as api:
         resp = api.post("/v1/chains", json=body)
     if resp.status_code >= 400:
         err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
@@ -275,7 +278,7 @@ def chain_deploy(path: str, as_json: JsonOpt = False) -> None:
 @chain_app.command("delete")
 def chain_delete(name: str) -> None:
     """Remove a chain, its client first."""
-    with httpx.Client(base_url=get_settings().api_url, timeout=300) as api:
+    with api_client(timeout=300) as api:
         resp = api.delete(f"/v1/chains/{name}")
     if resp.status_code >= 400:
         err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
@@ -290,7 +293,7 @@ def move(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the API to move SERVICE to TO_CLUSTER."""
-    with httpx.Client(base_url=get_settings().api_url, timeout=60) as api:
+    with api_client(timeout=60) as api:
         resp = api.post("/v1/moves", json={"service": service, "to_cluster": to_cluster})
         if resp.status_code >= 400:
             err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
@@ -313,3 +316,66 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+token_app = typer.Typer(help="API tokens (viewer, operator, admin), kept as digests in Redis.",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _registry() -> Any:
+    from mobility.store import Registry
+
+    return Registry.from_url(get_settings().redis_url.get_secret_value())
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="viewer, operator or admin")],
+    ttl: Annotated[float | None, typer.Option(help="seconds until it expires (none: never)")]
+    = None,
+    name: Annotated[str, typer.Option(help="what it is for")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a token and print it: this once, never again (only its digest is kept)."""
+    from mobility import tokens
+    from mobility.errors import Invalid
+
+    try:
+        record, secret = tokens.mint(role=tokens.Role(role), name=name, ttl_s=ttl)
+    except (ValueError, Invalid) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    _registry().put_token(record)
+    if as_json:
+        print(json.dumps({"id": record.id, "role": str(record.role), "name": record.name,
+                          "expires_at": record.expires_at, "token": secret}))
+    else:
+        out.print(f"token {record.id} ({record.role}); keep it, it is not shown again:")
+        print(secret)
+
+
+@token_app.command("ls")
+def token_ls(as_json: JsonOpt = False) -> None:
+    """The tokens: id, role, name, when made, when they expire (never the tokens)."""
+    rows = [{"id": t.id, "role": str(t.role), "name": t.name, "created_at": t.created_at,
+             "expires_at": t.expires_at} for t in _registry().tokens()]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("id", "role", "name", "created", "expires")
+    for r in rows:
+        table.add_row(str(r["id"]), str(r["role"]), str(r["name"]),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(float(r["created_at"]))),
+                      "never" if r["expires_at"] is None else time.strftime(
+                          "%Y-%m-%d %H:%M", time.localtime(float(r["expires_at"]))))
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token by its id: every request with it is refused from now on."""
+    if not _registry().revoke_token(token_id):
+        err.print(f"[red]no token {token_id!r}[/]")
+        raise typer.Exit(1)
+    out.print(f"revoked {token_id}")

@@ -24,11 +24,14 @@ from pathlib import Path
 
 import redis
 
+from cli.client import ApiClient
 from dataplane.lab import topology
 from dataplane.lab.topology import LabPlan
+from mobility import tokens
 from mobility.models import Cluster, Node
 from mobility.settings import DEFAULT_ENV_FILE, get_settings
 from mobility.store import Registry
+from mobility.tokens import Role
 from workers.app import client
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,34 @@ class Stack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    @property
+    def token_file(self) -> Path:
+        return self.run_dir / "token"
+
+    def token(self) -> str:
+        """The stack's own admin token (for its CLI, demo, benches and tests)."""
+        return self.token_file.read_text().strip()
+
+    def api_client(self, *, timeout: float = 60.0, follow: bool = True) -> ApiClient:
+        return ApiClient(self.api_url, token=self.token(), timeout=timeout, follow=follow)
+
+    def _ensure_token(self, reg: Registry) -> None:
+        """An admin token for the stack's own use, in a 0600 file; a new one when the file's
+        token is no longer known (a fresh Redis)."""
+        path = self.token_file
+        if path.exists():
+            parsed = tokens.parse(path.read_text().strip())
+            known = reg.get_token(parsed[0]) if parsed else None
+            if parsed and known is not None and known.matches(parsed[1]):
+                return
+        record, secret = tokens.mint(role=Role.ADMIN, name=f"{self.plan.name} stack")
+        reg.put_token(record)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret + "\n")
+        os.replace(tmp, path)
+
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOBILITY_")}
         env.update(
@@ -172,11 +203,13 @@ class Stack:
             path.touch(mode=0o600)
             path.write_text(f"MOBILITY_REDIS_URL={self.redis_url()}\n"
                             f"MOBILITY_LAB_NAME={self.plan.name}\n"
-                            f"MOBILITY_API_PORT={self.api_port}\n")
+                            f"MOBILITY_API_PORT={self.api_port}\n"
+                            f"MOBILITY_TOKEN_FILE={self.token_file}\n")
         Registry(client).ping()
         reg = Registry(redis.Redis.from_url(self.redis_url()))
         for cluster in lab_clusters(self.plan):
             reg.put_cluster(cluster)
+        self._ensure_token(reg)
 
     def ensure_agents(self) -> None:
         for n in self.plan.nodes:

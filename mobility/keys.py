@@ -26,7 +26,23 @@ POLICY_TICKS = f"{PREFIX}policies:ticks"  # how many policy ticks have run (a co
 REBALANCE_CONFIG = f"{PREFIX}rebalance:config"
 REBALANCE_LAST = f"{PREFIX}rebalance:last"  # the last plan the scheduled rebalancer ran
 REDBEAT_PREFIX = f"{PREFIX}redbeat:"  # celery-redbeat's own keys start with this
+TOKENS = f"{PREFIX}tokens"  # set of API token ids
 BENCH_VALUE = f"{PREFIX}bench:value"  # the value bench/state.py SETs and GETs for its baseline
+
+
+def token(token_id: str) -> str:
+    """An API token's record (its digest, never the token)."""
+    return f"{PREFIX}token:{token_id}"
+
+
+def rate(token_id: str, what: str) -> str:
+    """A token's request count for ``what`` in the current rate window (expires)."""
+    return f"{PREFIX}rate:{token_id}:{what}"
+
+
+def operation(op_id: str) -> str:
+    """A long operation's record (a deploy, a join...), polled by its caller."""
+    return f"{PREFIX}op:{op_id}"
 
 
 def cluster(name: str) -> str:

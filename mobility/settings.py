@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     run_root: str = "/run/service-mobility"
     api_host: str = "127.0.0.1"
     api_port: int = 8470
+    # Browser origins allowed to make state-changing requests (none by default), and to read
+    # through CORS (CORS is off unless origins are named).
+    api_origins: tuple[str, ...] = ()
+    api_cors_origins: tuple[str, ...] = ()
+    signals_per_minute: int = Field(default=600, ge=1)
+    # The token the CLI and tools send (else read from ``token_file``, which the embedded
+    # stack writes, 0600, for its own CLI and demo). Never printed.
+    token: SecretStr = SecretStr("")
+    token_file: str = ""
+    # TLS on the API (both or neither): PEM files.
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
     # Fault injection ("fail WIRE on purpose") is for tests and drills; off unless asked for.
     fault_injection: bool = False
     lease_ttl_s: float = Field(default=5.0, gt=0)
@@ -65,7 +77,8 @@ class Settings(BaseSettings):
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        scheme = "https" if self.api_tls_cert else "http"
+        return f"{scheme}://{self.api_host}:{self.api_port}"
 
 
 @lru_cache(maxsize=1)

@@ -81,7 +81,9 @@ def redis_server() -> Iterator[RedisServer]:
         server.stop()
 
 
-TEST_UNDERLAY = "198.19.0.0/16"  # the demo lab keeps 198.18.0.0/16, so both can be up at once
+# The demo lab keeps 198.18.0.0/16, so both can be up at once. MOBILITY_TEST_UNDERLAY picks
+# another /16 of 198.18.0.0/15, so two test runs (a developer's and a fresh clone's) can too.
+TEST_UNDERLAY = os.environ.get("MOBILITY_TEST_UNDERLAY", "198.19.0.0/16")
 STATE_TTL_S = 2  # a move's state keys live this long after it ends, in the test stack
 
 

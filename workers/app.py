@@ -41,8 +41,11 @@ def configure(app: Celery, url: str) -> None:
         broker_transport_options={"visibility_timeout": 300},
         worker_send_task_events=False,
         beat_schedule={
-            "reap-moves": {"task": "moves.reap", "schedule": REAP_EVERY_S},
-            "policies-tick": {"task": "policies.tick", "schedule": POLICY_TICK_S},
+            # a tick nobody ran in time is dropped: the next one does its work
+            "reap-moves": {"task": "moves.reap", "schedule": REAP_EVERY_S,
+                           "options": {"expires": 10 * REAP_EVERY_S}},
+            "policies-tick": {"task": "policies.tick", "schedule": POLICY_TICK_S,
+                              "options": {"expires": 10 * POLICY_TICK_S}},
         },
         # Beat keeps its schedule in Redis (celery-redbeat), so the rebalancing cron set
         # through the API reaches the running beat without a restart.
@@ -80,4 +83,4 @@ def _reap_on_start(sender: Any = None, **_: Any) -> None:
     """A restarted orchestration worker first looks for moves its predecessor left behind."""
     queues = {q.name for q in sender.app.amqp.queues.values()} if sender is not None else set()
     if ORCHESTRATION in queues:
-        sender.app.send_task("moves.reap", queue=ORCHESTRATION)
+        sender.app.send_task("moves.reap", queue=ORCHESTRATION, expires=60)

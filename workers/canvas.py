@@ -14,9 +14,17 @@ from celery import chain
 
 from mobility.errors import NodeUnavailable, from_wire
 from mobility.models import Phase
+from mobility.operations import Operation
 from mobility.phases import ORDER
+from mobility.store import OperationStore
 from workers.app import app
 from workers.routing import ORCHESTRATION
+
+# Every task carries an expiry: a task no worker took in time is dropped, never run late on a
+# request its caller has given up on. Moves survive it (the reaper finishes or undoes a move
+# whose next phase never ran); an operation shows it as failed.
+PHASE_EXPIRES_S = 600.0
+OPERATION_EXPIRES_S = 300.0
 
 COMPLETE = "move.complete"
 COMPENSATE = "move.compensate"
@@ -34,9 +42,10 @@ def phase_task(phase: Phase) -> str:
 
 def canvas(move_id: str, epoch: int, phases: Sequence[Phase]) -> Any:
     """``phase | phase | ... | complete`` for one epoch of a move."""
-    steps = [app.signature(phase_task(p), args=(move_id, epoch), immutable=True)
+    opts = {"expires": PHASE_EXPIRES_S}
+    steps = [app.signature(phase_task(p), args=(move_id, epoch), immutable=True, options=opts)
              for p in phases]
-    steps.append(app.signature(COMPLETE, args=(move_id, epoch), immutable=True))
+    steps.append(app.signature(COMPLETE, args=(move_id, epoch), immutable=True, options=opts))
     return chain(*steps)
 
 
@@ -45,7 +54,17 @@ def start_move(move_id: str) -> None:
 
 
 def compensate(move_id: str, epoch: int, reason: str) -> None:
-    app.send_task(COMPENSATE, args=(move_id, epoch, reason), queue=ORCHESTRATION)
+    app.send_task(COMPENSATE, args=(move_id, epoch, reason), queue=ORCHESTRATION,
+                  expires=PHASE_EXPIRES_S)
+
+
+def submit(store: OperationStore, task: str, *, target: str, args: Sequence[Any],
+           expires_s: float = OPERATION_EXPIRES_S) -> Operation:
+    """Record an operation and send its task (``task(op_id, *args)``); the caller polls it."""
+    op = Operation.new(kind=task, target=target, expires_s=expires_s)
+    store.put_operation(op)
+    app.send_task(task, args=[op.id, *args], queue=ORCHESTRATION, expires=expires_s)
+    return op
 
 
 def run(task: str, *args: Any, timeout: float) -> dict[str, Any]:
@@ -56,7 +75,7 @@ def run(task: str, *args: Any, timeout: float) -> dict[str, Any]:
     """
     from celery.exceptions import TimeoutError as CeleryTimeout
 
-    result = app.send_task(task, args=list(args), queue=ORCHESTRATION)
+    result = app.send_task(task, args=list(args), queue=ORCHESTRATION, expires=timeout)
     try:
         answer = result.get(timeout=timeout)
     except CeleryTimeout as exc:

@@ -17,6 +17,7 @@ from workers.app import app
 from workers.canvas import JOIN_CLUSTER, UNJOIN_CLUSTER
 from workers.composition import kubefed
 from workers.moves import registry
+from workers.operating import run_operation
 
 if TYPE_CHECKING:
     from mobility.backends.kube.client import KubeClient
@@ -47,7 +48,11 @@ def _need_kubefed() -> None:
 
 
 @app.task(name=JOIN_CLUSTER, soft_time_limit=180)
-def join(spec: Mapping[str, object]) -> Wire:
+def join(op_id: str, spec: Mapping[str, object]) -> Wire:
+    return run_operation(op_id, lambda: _join(spec))
+
+
+def _join(spec: Mapping[str, object]) -> Wire:
     try:
         _need_kubefed()
         member = _member(spec)
@@ -60,11 +65,15 @@ def join(spec: Mapping[str, object]) -> Wire:
         registry().put_cluster(cluster)
     except MobilityError as exc:
         return to_wire(exc)
-    return {"ok": True, "cluster": cluster.to_dict()}
+    return {"ok": True, "location": f"/v1/clusters/{cluster.name}"}
 
 
 @app.task(name=UNJOIN_CLUSTER, soft_time_limit=180)
-def unjoin(spec: Mapping[str, object]) -> Wire:
+def unjoin(op_id: str, spec: Mapping[str, object]) -> Wire:
+    return run_operation(op_id, lambda: _unjoin(spec))
+
+
+def _unjoin(spec: Mapping[str, object]) -> Wire:
     try:
         _need_kubefed()
         name = str(spec["name"])

@@ -1,6 +1,7 @@
 """Deploy and removal tasks for services and chains, on the orchestration worker.
 
-Each answers ``{"ok": True, ...}`` or the error wire form (:func:`mobility.errors.to_wire`).
+Each runs a recorded operation (``op_id``, see :mod:`workers.operating`) and answers
+``{"ok": True, "location": ...}`` or the error wire form (:func:`mobility.errors.to_wire`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from mobility.errors import Invalid, MobilityError, Wire, to_wire
 from workers.app import app
 from workers.canvas import DEPLOY_CHAIN, DEPLOY_SERVICE, REMOVE_CHAIN, REMOVE_SERVICE
 from workers.moves import engine
+from workers.operating import run_operation
 
 
 @functools.lru_cache(maxsize=1)
@@ -24,7 +26,11 @@ def deployer() -> Deployer:
 
 
 @app.task(name=DEPLOY_SERVICE, soft_time_limit=120)
-def deploy(spec: Mapping[str, object]) -> Wire:
+def deploy(op_id: str, spec: Mapping[str, object]) -> Wire:
+    return run_operation(op_id, lambda: _deploy(spec))
+
+
+def _deploy(spec: Mapping[str, object]) -> Wire:
     try:
         params = spec.get("params") or {}
         peers = spec.get("peers") or []
@@ -35,11 +41,15 @@ def deploy(spec: Mapping[str, object]) -> Wire:
                                 peers=[str(p) for p in peers])
     except MobilityError as exc:
         return to_wire(exc)
-    return {"ok": True, "service": svc.to_dict()}
+    return {"ok": True, "location": f"/v1/services/{svc.name}"}
 
 
 @app.task(name=DEPLOY_CHAIN, soft_time_limit=300)
-def deploy_chain(spec: Mapping[str, object]) -> Wire:
+def deploy_chain(op_id: str, spec: Mapping[str, object]) -> Wire:
+    return run_operation(op_id, lambda: _deploy_chain(spec))
+
+
+def _deploy_chain(spec: Mapping[str, object]) -> Wire:
     try:
         try:
             chain = Chain.from_dict(dict(spec))
@@ -49,11 +59,16 @@ def deploy_chain(spec: Mapping[str, object]) -> Wire:
         services = deployer().deploy_chain(chain, rate=rate)
     except MobilityError as exc:
         return to_wire(exc)
-    return {"ok": True, "services": [s.to_dict() for s in services]}
+    return {"ok": True, "location": f"/v1/chains/{chain.name}",
+            "services": [s.name for s in services]}
 
 
 @app.task(name=REMOVE_CHAIN, soft_time_limit=300)
-def remove_chain(name: str) -> Wire:
+def remove_chain(op_id: str, name: str) -> Wire:
+    return run_operation(op_id, lambda: _remove_chain(name))
+
+
+def _remove_chain(name: str) -> Wire:
     try:
         deployer().remove_chain(name)
     except MobilityError as exc:
@@ -62,7 +77,11 @@ def remove_chain(name: str) -> Wire:
 
 
 @app.task(name=REMOVE_SERVICE, soft_time_limit=120)
-def remove(name: str) -> Wire:
+def remove(op_id: str, name: str) -> Wire:
+    return run_operation(op_id, lambda: _remove(name))
+
+
+def _remove(name: str) -> Wire:
     try:
         deployer().remove(name)
     except MobilityError as exc:

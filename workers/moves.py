@@ -22,7 +22,7 @@ from mobility.phases import ORDER
 from mobility.settings import get_settings
 from mobility.store import Registry
 from workers.app import app
-from workers.canvas import COMPENSATE, COMPLETE, canvas, phase_task
+from workers.canvas import COMPENSATE, COMPLETE, PHASE_EXPIRES_S, canvas, phase_task
 from workers.composition import build_engine
 from workers.routing import ORCHESTRATION
 
@@ -71,7 +71,8 @@ def _fail(move_id: str, epoch: int, phase: Phase, exc: BaseException) -> None:
     if move.cutover_confirmed and phase == Phase.RELEASE:
         # Forward only: the target serves; leave the move for the reaper to retry RELEASE.
         return
-    compensate.apply_async((move_id, epoch, reason), queue=ORCHESTRATION)
+    compensate.apply_async((move_id, epoch, reason), queue=ORCHESTRATION,
+                           expires=PHASE_EXPIRES_S)
 
 
 def _phase_task(phase: Phase) -> object:
@@ -112,6 +113,6 @@ def reap() -> list[str]:
             canvas(r.move_id, r.epoch, r.phases).apply_async(queue=ORCHESTRATION)
         else:
             compensate.apply_async((r.move_id, r.epoch, "orchestration worker lost mid-move"),
-                                   queue=ORCHESTRATION)
+                                   queue=ORCHESTRATION, expires=PHASE_EXPIRES_S)
         out.append(f"{r.move_id}:{r.action}")
     return out

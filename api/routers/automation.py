@@ -176,7 +176,7 @@ def _entry(schedule: Any) -> Any:
     from workers.app import app
 
     return RedBeatSchedulerEntry("rebalance", "rebalance.run", schedule, app=app,
-                                 options={"queue": "orchestration"})
+                                 options={"queue": "orchestration", "expires": 600})
 
 
 @router.put("/v1/rebalance/schedule")

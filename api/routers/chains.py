@@ -8,9 +8,10 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import RegistryDep
-from api.schemas import Name
+from api.schemas import ERRORS, Accepted, Name, OperationOut
+from mobility import chains
 from mobility.chains import Chain
-from mobility.errors import NotFound
+from mobility.errors import Conflict, NotFound
 from workers import canvas
 
 router = APIRouter(prefix="/v1/chains", tags=["chains"])
@@ -46,13 +47,23 @@ def _out(chain: Chain) -> ChainOut:
     return ChainOut(name=chain.name, elements=elements, services=chain.services)
 
 
-@router.post("", status_code=201)
-def create_chain(body: ChainRequest, registry: RegistryDep) -> ChainOut:
-    canvas.run(canvas.DEPLOY_CHAIN, body.model_dump(), timeout=300)
-    chain = registry.get_chain(body.name)
-    if chain is None:
-        raise NotFound(f"chain {body.name!r} was deployed but is not in the registry")
-    return _out(chain)
+@router.post("", status_code=202, responses=ERRORS)
+def create_chain(body: ChainRequest, registry: RegistryDep, response: Response) -> Accepted:
+    """Queue the chain's deploy (202) once what can be checked here holds: the chain's shape
+    (422), its clusters (404), its name and its services' names free (409)."""
+    chain = chains.validate(Chain.from_dict(body.model_dump()))
+    for e in chain.elements:
+        if registry.get_cluster(e.cluster) is None:
+            raise NotFound(f"element {e.name}: cluster {e.cluster!r} does not exist")
+    if registry.get_chain(chain.name) is not None:
+        raise Conflict(f"chain {chain.name!r} already exists")
+    taken = [s for s in chain.services if registry.get_service(s) is not None]
+    if taken:
+        raise Conflict(f"services {taken} already exist")
+    op = canvas.submit(registry, canvas.DEPLOY_CHAIN, target=chain.name,
+                       args=[body.model_dump()], expires_s=600)
+    response.headers["Location"] = f"/v1/operations/{op.id}"
+    return Accepted(operation=OperationOut.of(op))
 
 
 @router.get("")
@@ -68,9 +79,11 @@ def get_chain(name: str, registry: RegistryDep) -> ChainOut:
     return _out(chain)
 
 
-@router.delete("/{name}", status_code=204)
-def delete_chain(name: str, registry: RegistryDep) -> Response:
+@router.delete("/{name}", status_code=202, responses=ERRORS)
+def delete_chain(name: str, registry: RegistryDep, response: Response) -> Accepted:
     if registry.get_chain(name) is None:
         raise NotFound(f"chain {name!r} does not exist")
-    canvas.run(canvas.REMOVE_CHAIN, name, timeout=300)
-    return Response(status_code=204)
+    op = canvas.submit(registry, canvas.REMOVE_CHAIN, target=name, args=[name],
+                       expires_s=600)
+    response.headers["Location"] = f"/v1/operations/{op.id}"
+    return Accepted(operation=OperationOut.of(op))

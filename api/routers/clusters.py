@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import RegistryDep
-from api.schemas import ClusterOut, Name
+from api.schemas import ERRORS, Accepted, ClusterOut, Name, OperationOut
 from mobility.errors import Conflict, NotFound
 from workers import canvas
 
@@ -40,22 +40,33 @@ def list_clusters(registry: RegistryDep) -> list[ClusterOut]:
     return [ClusterOut.of(c, services) for c in registry.clusters().values()]
 
 
-@router.post("", status_code=201)
-def join_cluster(body: JoinRequest, registry: RegistryDep) -> ClusterOut:
-    if registry.get_cluster(body.name) is not None:
-        raise Conflict(f"cluster {body.name!r} is already joined")
-    canvas.run(canvas.JOIN_CLUSTER, body.model_dump(), timeout=JOIN_TIMEOUT_S)
-    cluster = registry.get_cluster(body.name)
+@router.get("/{name}", responses=ERRORS)
+def get_cluster(name: str, registry: RegistryDep) -> ClusterOut:
+    cluster = registry.get_cluster(name)
     if cluster is None:
-        raise NotFound(f"cluster {body.name!r} was joined but is not in the registry")
+        raise NotFound(f"cluster {name!r} does not exist")
     return ClusterOut.of(cluster, registry.services())
 
 
-@router.delete("/{name}", status_code=204)
-def unjoin_cluster(name: str, registry: RegistryDep,
-                   body: Annotated[UnjoinRequest | None, Body()] = None) -> Response:
+@router.post("", status_code=202, responses=ERRORS)
+def join_cluster(body: JoinRequest, registry: RegistryDep, response: Response) -> Accepted:
+    """Queue the join (202); ``GET`` the operation until it ends."""
+    if registry.get_cluster(body.name) is not None:
+        raise Conflict(f"cluster {body.name!r} is already joined")
+    op = canvas.submit(registry, canvas.JOIN_CLUSTER, target=body.name,
+                       args=[body.model_dump()], expires_s=JOIN_TIMEOUT_S)
+    response.headers["Location"] = f"/v1/operations/{op.id}"
+    return Accepted(operation=OperationOut.of(op))
+
+
+@router.delete("/{name}", status_code=202, responses=ERRORS)
+def unjoin_cluster(name: str, registry: RegistryDep, response: Response,
+                   body: Annotated[UnjoinRequest | None, Body()] = None) -> Accepted:
+    """Queue the unjoin (202); ``GET`` the operation until it ends."""
     if registry.get_cluster(name) is None:
         raise NotFound(f"cluster {name!r} does not exist")
     spec = {"name": name, **(body.model_dump() if body else {})}
-    canvas.run(canvas.UNJOIN_CLUSTER, spec, timeout=JOIN_TIMEOUT_S)
-    return Response(status_code=204)
+    op = canvas.submit(registry, canvas.UNJOIN_CLUSTER, target=name, args=[spec],
+                       expires_s=JOIN_TIMEOUT_S)
+    response.headers["Location"] = f"/v1/operations/{op.id}"
+    return Accepted(operation=OperationOut.of(op))

@@ -5,15 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.deps import RegistryDep
-from api.schemas import LinkOut, ServiceOut, ServiceRequest
-from mobility.errors import NotFound, PhaseFailed
+from api.schemas import ERRORS, Accepted, LinkOut, OperationOut, ServiceOut, ServiceRequest
+from mobility.errors import Conflict, NotFound
 from mobility.models import Service
 from mobility.store import Registry
 from workers import canvas
 
 router = APIRouter(prefix="/v1/services", tags=["services"])
 
-DEPLOY_TIMEOUT_S = 90.0
 
 
 def _out(registry: Registry, svc: Service) -> ServiceOut:
@@ -38,18 +37,31 @@ def get_service(name: str, registry: RegistryDep) -> ServiceOut:
     return _out(registry, svc)
 
 
-@router.post("", status_code=201)
-def create_service(body: ServiceRequest, registry: RegistryDep) -> ServiceOut:
-    canvas.run(canvas.DEPLOY_SERVICE, body.model_dump(), timeout=DEPLOY_TIMEOUT_S)
-    svc = registry.get_service(body.name)
+@router.post("", status_code=202, responses=ERRORS)
+def create_service(body: ServiceRequest, registry: RegistryDep, response: Response) -> Accepted:
+    """Queue the deploy (202); ``GET`` the operation until it ends. What can be checked here
+    is: a name in use (409), an unknown cluster or peer (404)."""
+    if registry.get_service(body.name) is not None:
+        raise Conflict(f"service {body.name!r} already exists")
+    if registry.get_cluster(body.cluster) is None:
+        raise NotFound(f"cluster {body.cluster!r} does not exist")
+    for peer in body.peers:
+        if registry.get_service(peer) is None:
+            raise NotFound(f"peer {peer!r} does not exist")
+    op = canvas.submit(registry, canvas.DEPLOY_SERVICE, target=body.name,
+                       args=[body.model_dump()])
+    response.headers["Location"] = f"/v1/operations/{op.id}"
+    return Accepted(operation=OperationOut.of(op))
+
+
+@router.delete("/{name}", status_code=202, responses=ERRORS)
+def delete_service(name: str, registry: RegistryDep, response: Response) -> Accepted:
+    """Queue the removal (202); refused with 409 while the service moves."""
+    svc = registry.get_service(name)
     if svc is None:
-        raise PhaseFailed(f"service {body.name!r} was deployed but is not in the registry")
-    return _out(registry, svc)
-
-
-@router.delete("/{name}", status_code=204)
-def delete_service(name: str, registry: RegistryDep) -> Response:
-    if registry.get_service(name) is None:
         raise NotFound(f"service {name!r} does not exist")
-    canvas.run(canvas.REMOVE_SERVICE, name, timeout=DEPLOY_TIMEOUT_S)
-    return Response(status_code=204)
+    if svc.moving:
+        raise Conflict(f"service {name!r} is moving (move {svc.moving}); wait for it to end")
+    op = canvas.submit(registry, canvas.REMOVE_SERVICE, target=name, args=[name])
+    response.headers["Location"] = f"/v1/operations/{op.id}"
+    return Accepted(operation=OperationOut.of(op))

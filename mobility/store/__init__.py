@@ -3,7 +3,9 @@
 - ``fleet``: clusters, services, links, identity allocations, path health;
 - ``moves``: moves, service locks, leases, events and the one event read loop;
 - ``automation``: signal series, policies, rebalancing configuration and last run;
-- ``chains``: service chains.
+- ``chains``: service chains;
+- ``operations``: long operations (deploys, joins) that callers poll instead of waiting;
+- ``tokens``: API token digests and rate windows.
 
 Each part is a class of its own over :class:`~mobility.store.base.StoreBase` and can be used
 alone; :class:`Registry` is all of them over one connection, because a phase reads the fleet
@@ -20,12 +22,15 @@ from mobility.store.base import StoreBase
 from mobility.store.chains import ChainStore
 from mobility.store.fleet import FleetStore
 from mobility.store.moves import EventBatch, MoveStore, new_move_id
+from mobility.store.operations import OperationStore
+from mobility.store.tokens import TokenStore
 
 __all__ = ["AutomationStore", "ChainStore", "EventBatch", "FleetStore", "MoveStore",
-           "RebalanceRun", "Registry", "StoreBase", "new_move_id"]
+           "OperationStore", "RebalanceRun", "Registry", "StoreBase", "TokenStore",
+           "new_move_id"]
 
 
-class Registry(FleetStore, MoveStore, AutomationStore, ChainStore):
+class Registry(FleetStore, MoveStore, AutomationStore, ChainStore, OperationStore, TokenStore):
     """The whole registry over one Redis connection."""
 
     @classmethod

@@ -4,7 +4,7 @@ Aspects: the command reuses the running control plane, moves the echo service co
 under the 1,000 req/s probe, exits 0 and prints one JSON summary with every promised key, a
 succeeded move, all six phases and 0 requests lost or duplicated; ``--chain --move`` moves a
 middlebox of a chain across clusters; ``--stateful`` moves the session service with its state
-and every counter continuing.
+and every counter continuing; the chain CLI without a token is refused (401), with one it works.
 """
 
 from __future__ import annotations
@@ -78,6 +78,10 @@ def test_chain_file_deploys_through_the_cli(lab_stack: Stack, tmp_path: Path) ->
     env = dict(os.environ, MOBILITY_API_PORT=str(lab_stack.api_port),
                MOBILITY_ENV_FILE=os.devnull)
     mobility = str(Path(sys.executable).parent / "mobility")
+    proc = subprocess.run([mobility, "chain", "deploy", str(chain), "--json"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0 and "401" in proc.stderr, proc.stderr  # no token: refused
+    env["MOBILITY_TOKEN_FILE"] = str(lab_stack.token_file)
     proc = subprocess.run([mobility, "chain", "deploy", str(chain), "--json"], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

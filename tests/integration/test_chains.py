@@ -29,7 +29,7 @@ ELEMENTS = [("client", "probe", "core"), ("fw", "middlebox", "core"),
 
 @pytest.fixture
 def api(lab_stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lab_stack.api_url, timeout=120) as client:
+    with lab_stack.api_client(timeout=120) as client:
         yield client
 
 

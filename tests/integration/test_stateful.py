@@ -29,7 +29,7 @@ from tests.integration.test_moves import release_pause, wait_event, wait_termina
 
 @pytest.fixture
 def api(lab_stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lab_stack.api_url, timeout=60) as client:
+    with lab_stack.api_client(timeout=60) as client:
         yield client
 
 

@@ -20,7 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli.client import ApiClient
+from mobility import tokens
 from mobility.backends.kube.membership import KUBEFED_NAMESPACE
+from mobility.store import Registry
+from mobility.tokens import Role
 from tests.conftest import RedisServer, free_port
 from tests.k8s.controlplane import ControlPlane
 
@@ -31,7 +35,7 @@ KFC = f"/apis/core.kubefed.io/v1beta1/namespaces/{KUBEFED_NAMESPACE}/kubefedclus
 
 @pytest.fixture
 def kubefed_api(control_plane: ControlPlane, redis_server: RedisServer,
-                tmp_path: Path) -> Iterator[str]:
+                tmp_path: Path) -> Iterator[ApiClient]:
     """An API and an orchestration worker (real processes) on the KubeFed backend."""
     url = redis_server.url.rsplit("/", 1)[0] + "/9"
     port = free_port()
@@ -50,6 +54,10 @@ def kubefed_api(control_plane: ControlPlane, redis_server: RedisServer,
                          stdout=logs[1], stderr=subprocess.STDOUT),
     ]
     base = f"http://127.0.0.1:{port}"
+    reg = Registry.from_url(url)
+    record, token = tokens.mint(role=Role.ADMIN, name="test clusters api", ttl_s=3600)
+    reg.put_token(record)
+    reg.r.close()
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -60,7 +68,7 @@ def kubefed_api(control_plane: ControlPlane, redis_server: RedisServer,
                 pass
             assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()[-2000:]
             time.sleep(0.2)
-        yield base
+        yield ApiClient(base, token=token, timeout=200)
     finally:
         for p in procs:
             p.terminate()
@@ -74,10 +82,11 @@ def kubefed_api(control_plane: ControlPlane, redis_server: RedisServer,
             f.close()
 
 
-def test_join_and_unjoin_through_the_api(kubefed_api: str, control_plane: ControlPlane) -> None:
+def test_join_and_unjoin_through_the_api(kubefed_api: ApiClient,
+                                         control_plane: ControlPlane) -> None:
     host = control_plane.servers["host"]
     kubeconfig = Path(control_plane.kubeconfig).read_text()
-    with httpx.Client(base_url=kubefed_api, timeout=200) as api:
+    with kubefed_api as api:
         r = api.post("/v1/clusters", json={"name": "member-c", "kubeconfig": "[not: a",
                                            "context": "member-c"})
         assert r.status_code == 422, r.text

@@ -1,7 +1,7 @@
-"""Request validation of the HTTP API, without Redis.
+"""Request validation of the HTTP API, with a real Redis holding the caller's token.
 
-The app is built with a Redis URL nobody listens on; redis-py connects lazily, so a request
-that fails validation never touches it (a request that did would fail, not hang: port 1).
+Every route needs a token (a request without one is refused before its body is read), so the
+app runs against a real Redis with an operator token in it; nothing else is stored there.
 
 Aspects: POST /v1/moves with malformed JSON, a non-object body, missing or extra fields, bad
 names (uppercase, too long, bad first character), bad ``faults`` -> 422 with a ``detail``;
@@ -27,26 +27,43 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from api.app import create_app
+from mobility import tokens
 from mobility.settings import Settings
+from mobility.store import Registry
+from tests.conftest import RedisServer
 
-UNREACHABLE = "redis://:pw@127.0.0.1:1/0"
 GOOD_MOVE = {"service": "web", "to_cluster": "edge"}
 GOOD_SERVICE = {"name": "web", "workload": "echo", "cluster": "core"}
 
 
-def client(*, fault_injection: bool = False) -> TestClient:
-    app = create_app(Settings(redis_url=UNREACHABLE, fault_injection=fault_injection))
-    return TestClient(app, raise_server_exceptions=False)
+@pytest.fixture(scope="module")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url.rsplit("/", 1)[0] + "/6"
+
+
+@pytest.fixture(scope="module")
+def token(redis_url: str) -> str:
+    reg = Registry.from_url(redis_url)
+    record, secret = tokens.mint(role=tokens.Role.OPERATOR, name="validation tests")
+    reg.put_token(record)
+    reg.r.close()
+    return secret
+
+
+def client(redis_url: str, token: str, *, fault_injection: bool = False) -> TestClient:
+    app = create_app(Settings(redis_url=redis_url, fault_injection=fault_injection))
+    return TestClient(app, raise_server_exceptions=False,
+                      headers={"Authorization": f"Bearer {token}"})
 
 
 @pytest.fixture
-def api() -> TestClient:
-    return client()
+def api(redis_url: str, token: str) -> TestClient:
+    return client(redis_url, token)
 
 
 @pytest.fixture
-def api_fi() -> TestClient:
-    return client(fault_injection=True)
+def api_fi(redis_url: str, token: str) -> TestClient:
+    return client(redis_url, token, fault_injection=True)
 
 
 def detail_of(response: Any) -> Any:
