@@ -159,18 +159,25 @@ def recv_message(sock: socket.socket) -> dict[str, Any] | None:
     body = _recv_exact(sock, size)
     if body is None:
         raise StateTransferError("control connection closed mid-message")
-    msg = msgpack.unpackb(body, raw=False)
+    try:
+        msg = msgpack.unpackb(body, raw=False)
+    except ValueError as exc:  # every msgpack decoding error (ExtraData, FormatError...) is one
+        raise StateTransferError(
+            f"control message is not msgpack: {type(exc).__name__}: {exc}") from exc
     if not isinstance(msg, dict):
         raise StateTransferError("control message is not a map")
     return msg
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """``n`` bytes; None when the peer closed before sending any, an error if it closed mid-way."""
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
         if not chunk:
-            return None if not buf else bytes(buf)
+            if buf:
+                raise StateTransferError("control connection closed mid-message")
+            return None
         buf.extend(chunk)
     return bytes(buf)
 
@@ -232,7 +239,10 @@ class Agent:
         while True:
             try:
                 msg = recv_message(sock)
-            except (OSError, StateTransferError):
+            except OSError:
+                return
+            except StateTransferError as exc:  # the framing is lost: drop the connection
+                log.warning("state agent: dropping a control connection: %s", exc)
                 return
             if msg is None:
                 return

@@ -38,6 +38,9 @@ class AgentClient:
         except OSError as exc:
             self.close()
             raise StateTransferError(f"state agent {op} failed: {exc}") from exc
+        except StateTransferError:
+            self.close()  # the framing is lost: the next call starts a new connection
+            raise
         if reply is None:
             self.close()
             raise StateTransferError(f"state agent closed the connection during {op}")

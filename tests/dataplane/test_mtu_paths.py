@@ -8,7 +8,9 @@ exactly link MTU minus the IP and UDP headers, sent with IP_PMTUDISC_DO (DF), ar
 nothing is fragmented or reassembled anywhere on the path (router, nodes, pods); one byte more
 fails locally with EMSGSIZE; a control shows that the fragment counters do see fragmentation
 and that the computed MTU is the largest that crosses whole: an end hand-set one byte above it
-has its full-size datagram split into two outer fragments by the sending node.
+has its full-size datagram split into two outer fragments by the sending node. The receiver
+is bound before the send and stops at an end marker the sender sends last (no clock decides
+when the exchange is over).
 """
 
 from __future__ import annotations
@@ -77,21 +79,32 @@ def link_pods(prefix: str, nodes: dict[str, str], *, underlay_mtu: int) -> tuple
     return pod_a, pod_b, mtus[0]
 
 
+# The sender ends with a marker datagram on the same path. The receiver stops once it has the
+# marker and ``expected`` datagrams (in either order, so a reordering cannot cut the count
+# short), or gives up at the deadline, which only a lost datagram lets run out.
 RECEIVE = """
-import json, socket, sys
+import json, socket, sys, time
+END = b"end-of-exchange"
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
 s.bind((sys.argv[1], int(sys.argv[2])))
 open(sys.argv[3], "w").close()
-s.settimeout(float(sys.argv[4]))
-sizes = []
-try:
-    while True:
+expected, deadline = int(sys.argv[4]), time.monotonic() + float(sys.argv[5])
+sizes, ended = [], False
+while not (ended and len(sizes) >= expected):
+    left = deadline - time.monotonic()
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
         data, _ = s.recvfrom(65535)
+    except TimeoutError:
+        break
+    if data == END:
+        ended = True
+    else:
         sizes.append(len(data))
-except TimeoutError:
-    pass
-print(json.dumps(sizes))
+print(json.dumps({"sizes": sizes, "ended": ended}))
 """
 
 # Linux <linux/in.h> values; Python 3.11's socket module does not export them.
@@ -109,6 +122,7 @@ for n in (size, size + 1):
         result[str(n)] = "sent"
     except OSError as exc:
         result[str(n)] = exc.errno
+s.send(b"end-of-exchange")
 print(json.dumps(result))
 """
 
@@ -128,29 +142,31 @@ def exchange(sender: str, receiver: str, *, size: int,
              tmp_path: Path) -> tuple[dict[str, object], list[int]]:
     """Send ``size`` and ``size + 1`` bytes with DF from ``sender``; report what ``receiver`` got.
 
-    The receiver listens a little after the send, so a datagram that is still crossing (or
-    being reassembled) is counted.
+    The receiver is bound before anything is sent (it says so with a file) and stops at the
+    end marker once one datagram has arrived; nothing here waits on a clock.
     """
     ready = tmp_path / f"{receiver}.ready"
     ready.unlink(missing_ok=True)
     proc = subprocess.Popen(["ip", "netns", "exec", receiver, sys.executable, "-c", RECEIVE,
-                             IP_B, str(PORT), str(ready), "1.5"],
+                             IP_B, str(PORT), str(ready), "1", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert ready.exists(), "the receiver never bound"
         sent = subprocess.run(["ip", "netns", "exec", sender, sys.executable, "-c", SEND, IP_B,
                                str(PORT), str(size)],
-                              capture_output=True, text=True, check=False, timeout=20)
+                              capture_output=True, text=True, check=False, timeout=60)
         assert sent.returncode == 0, sent.stderr
     finally:
         if not ready.exists():
             proc.kill()
-        out, err = proc.communicate(timeout=20)  # also closes the pipes on every path
+        out, err = proc.communicate(timeout=90)  # also closes the pipes on every path
     assert proc.returncode == 0, err
-    return json.loads(sent.stdout), json.loads(out)
+    got = json.loads(out)
+    assert got["ended"], f"the end marker never arrived (got {got['sizes']})"
+    return json.loads(sent.stdout), got["sizes"]
 
 
 @pytest.mark.parametrize("underlay_mtu", [1500, 9000])

@@ -1,8 +1,11 @@
 """Make-before-break switching on real namespaces.
 
 Aspects: a link end is created in the node and lands in the pod with the right identity and a
-computed MTU; creation is idempotent; the FDB switch moves 20,000 requests at 5,000/s from one
-service instance to another with none lost or duplicated; deleting ends leaves nothing behind.
+computed MTU; creation is idempotent; the FDB switch moves requests at 5,000/s from one service
+instance to another with none lost or duplicated: each request up to the switch reaches the old
+instance, each one after it the new one and never the old one again (the instances record the
+sequence numbers they answer; the test waits on packet counters, never on a clock); deleting
+ends leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -87,6 +90,43 @@ def test_link_end_has_identity_and_computed_mtu(prefix: str) -> None:
         assert not pod.exists("nsm-1")
 
 
+def wait_rx(pod: str, *, at_least: int, what: str, timeout: float = 60.0) -> None:
+    """Wait until the pod's link end has received ``at_least`` packets."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with Netlink(pod) as nl:
+            rx = nl.link("nsm-1").rx_packets
+        if rx >= at_least:
+            return
+        assert time.monotonic() < deadline, f"{what}: {rx} packets after {timeout}s"
+        time.sleep(0.01)
+
+
+# An echo instance that also records the sequence number of every request it answers (the
+# probe's packets open with it), written when it is told to stop: which instance served which
+# request, so the test reads the switch point from the traffic itself, not from a clock.
+RECORDING_ECHO = """
+import json, os, signal, socket, struct, sys
+port, ready, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+sock.bind(("0.0.0.0", port))
+served = []
+def stop(*_):
+    with open(out + ".tmp", "w") as fh:
+        json.dump(served, fh)
+    os.replace(out + ".tmp", out)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+open(ready, "w").close()
+while True:
+    data, peer = sock.recvfrom(65535)
+    sock.sendto(data, peer)
+    if len(data) >= 8:
+        served.append(struct.unpack_from("!Q", data)[0])
+"""
+
+
 def test_switch_loses_nothing_at_5000_per_second(prefix: str, tmp_path: Path) -> None:
     nodes = build_underlay(prefix, 3)
     (n1, ip1), (n2, ip2), (n3, ip3) = nodes.items()
@@ -97,39 +137,46 @@ def test_switch_loses_nothing_at_5000_per_second(prefix: str, tmp_path: Path) ->
     for pod, node, ip in ((old, n2, ip2), (new, n3, ip3)):
         make_end(prefix, pod, node, ip, mac=SERVICE_MAC, ip=SERVICE_IP, peer=to_client)
 
-    procs = []
+    procs: list[subprocess.Popen[bytes]] = []
+    echoes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for pod in (old, new):
             ready = tmp_path / f"{pod}.ready"
-            procs.append(start(pod, "dataplane.lab.workloads.echo", "--port", "7000",
-                               "--ready-file", str(ready)))
-            wait_file(ready)
+            echoes[pod] = subprocess.Popen(
+                ["ip", "netns", "exec", pod, sys.executable, "-c", RECORDING_ECHO, "7000",
+                 str(ready), str(tmp_path / f"{pod}.served")])
+            procs.append(echoes[pod])
+            wait_file(ready, timeout=60)
         out = tmp_path / "probe.json"
+        # No --count: the probe runs until told to stop, once the new instance has served.
         probe = start(client, "dataplane.lab.workloads.probe", "--target", f"{SERVICE_IP}:7000",
-                      "--rate", "5000", "--count", "20000", "--out", str(out))
+                      "--rate", "5000", "--grace", "30", "--out", str(out))
         procs.append(probe)
-        time.sleep(2.0)
-        with Netlink(old) as o:
-            before_old = o.link("nsm-1").rx_packets
+        wait_rx(old, at_least=2000, what="the old instance serves before the switch")
         links.switch(pod_namespace=client, ifname="nsm-1", mac=SERVICE_MAC, node_ip=ip3)
         assert links.current_node(pod_namespace=client, ifname="nsm-1", mac=SERVICE_MAC) == ip3
-        time.sleep(0.2)  # what was in flight at the switch has landed by now
-        with Netlink(old) as o:
-            settled_old = o.link("nsm-1").rx_packets
-        time.sleep(0.5)
-        with Netlink(old) as o:
-            after_old = o.link("nsm-1").rx_packets
-        assert probe.wait(timeout=30) == 0
+        wait_rx(new, at_least=5000, what="the new instance serves after the switch")
+        probe.terminate()
+        assert probe.wait(timeout=60) == 0
         result = json.loads(out.read_text())
+        served = {}
+        for pod, echo in echoes.items():
+            echo.terminate()
+            assert echo.wait(timeout=30) == 0
+            served[pod] = sorted(json.loads((tmp_path / f"{pod}.served").read_text()))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(5)
-    assert result["sent"] == 20000
     assert result["lost"] == 0, result
     assert result["duplicated"] == 0, result
-    with Netlink(old) as o, Netlink(new) as n:
-        assert before_old > 1000, "the old instance served before the switch"
-        assert after_old == settled_old, "traffic stayed on the old path after the switch"
-        assert n.link("nsm-1").rx_packets > 5000, "the new instance served after the switch"
+    assert result["received"] == result["sent"], result
+    # Every request reached exactly one instance: the old one each request up to the switch,
+    # the new one each request after it, and never the old one again.
+    cut = len(served[old])
+    assert cut >= 1000, "the old instance served before the switch"
+    assert served[old] == list(range(cut)), "the old instance served exactly the first requests"
+    assert served[new] == list(range(cut, result["sent"])), (
+        "the new instance served exactly every request after the switch")
+    assert len(served[new]) >= 1000, "the new instance served after the switch"

@@ -5,15 +5,17 @@ which is not built), so what is tested is what is ours: the objects the adapter 
 Deployment template, the PropagationPolicy's ``placement.clusterAffinity.clusterNames``, the
 OverridePolicy's per-cluster ``plaintext`` rules with the standby marker and NSM annotation),
 the API server's validation of them against Karmada's schemas, 409 conflicts between
-concurrent writers retried until every write lands, and the reading of a ResourceBinding's
-status: this test writes the binding and its status as Karmada's scheduler and status
-controller would, and checks that readiness follows them, with timeouts.
+concurrent writers retried until every write lands (each policy's first write is made to
+conflict for certain by a competing writer, whose annotation survives the retry), and the
+reading of a ResourceBinding's status: this test writes the binding and its status as
+Karmada's scheduler and status controller would, and checks that readiness follows them, with
+timeouts.
 """
 
 from __future__ import annotations
 
 import threading
-import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -34,22 +36,54 @@ POLICY = f"/apis/policy.karmada.io/v1alpha1/namespaces/{NS}"
 WORK = f"/apis/work.karmada.io/v1alpha2/namespaces/{NS}"
 
 
-class CountingClient(KubeClient):
-    """The real client, counting the 409 conflicts it met (to see that races happened)."""
+INTERFERED = "test.mobility.io/interfered"
 
-    conflicts = 0
-    lock = threading.Lock()
+
+class CountingClient(KubeClient):
+    """The real client, counting the 409 conflicts it meets, per path.
+
+    A path in ``armed`` gets a competing writer once: just before the adapter's first write
+    to it (after the adapter read it), the object is changed behind the adapter's back (an
+    annotation, as another controller or a person would), so that write certainly loses the
+    race and has to be retried.
+    """
+
+    def __init__(self, api: Any, *, name: str, timeout: float) -> None:
+        super().__init__(api, name=name, timeout=timeout)
+        self.conflicts: Counter[str] = Counter()
+        self.armed: set[str] = set()
+        self.lock = threading.Lock()
+        self.local = threading.local()
 
     def request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
                 query: Mapping[str, str] | None = None,
                 timeout: float | None = None) -> dict[str, Any]:
+        if getattr(self.local, "interfering", False):
+            return super().request(method, path, body=body, query=query, timeout=timeout)
+        if method == "PUT":
+            with self.lock:
+                interfere = path in self.armed
+                self.armed.discard(path)
+            if interfere:
+                self.interfere(path)
         try:
             return super().request(method, path, body=body, query=query, timeout=timeout)
         except FederationError as e:
             if getattr(e, "conflict", False):
-                with CountingClient.lock:
-                    CountingClient.conflicts += 1
+                with self.lock:
+                    self.conflicts[path] += 1
             raise
+
+    def interfere(self, path: str) -> None:
+        def annotate(obj: dict[str, Any]) -> bool:
+            obj["metadata"].setdefault("annotations", {})[INTERFERED] = "yes"
+            return True
+
+        self.local.interfering = True
+        try:
+            assert self.update(path, annotate) is not None
+        finally:
+            self.local.interfering = False
 
 
 @pytest.fixture
@@ -163,6 +197,10 @@ def test_placement_policies_and_binding_status(karmada: KarmadaFederation,
 def test_concurrent_placements_conflict_and_all_land(karmada: KarmadaFederation,
                                                      control_plane: ControlPlane) -> None:
     host = control_plane.servers["host"]
+    counting = karmada.karmada
+    assert isinstance(counting, CountingClient)
+    pp_path, op_path = f"{POLICY}/propagationpolicies/api", f"{POLICY}/overridepolicies/api"
+    counting.armed = {pp_path, op_path}  # each policy's first write certainly conflicts
     clusters = [f"edge-{i}" for i in range(1, 7)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(clusters))
@@ -175,21 +213,25 @@ def test_concurrent_placements_conflict_and_all_land(karmada: KarmadaFederation,
         except BaseException as e:  # collected, asserted below
             errors.append(e)
 
-    before = CountingClient.conflicts
     threads = [threading.Thread(target=place, args=(i, c)) for i, c in enumerate(clusters)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads), "a placement hung"
     assert errors == []
-    pp = host.get(f"{POLICY}/propagationpolicies/api")
-    op = host.get(f"{POLICY}/overridepolicies/api")
+    assert counting.armed == set(), "the adapter never wrote a policy it had read"
+    # every write that lost a race was retried and landed, over the other writer's change
+    assert counting.conflicts[pp_path] >= 1 and counting.conflicts[op_path] >= 1, (
+        counting.conflicts)
+    pp = host.get(pp_path)
+    op = host.get(op_path)
     assert pp is not None and op is not None
     assert pp["spec"]["placement"]["clusterAffinity"]["clusterNames"] == clusters
     assert set(rules(op)) == set(clusters)
-    print(f"409 conflicts met and retried: {CountingClient.conflicts - before}")
-    deadline = time.monotonic() + 5
+    for obj in (pp, op):
+        assert obj["metadata"]["annotations"][INTERFERED] == "yes"
     for i, c in enumerate(clusters):
         karmada.unplace(instance=Instance(cluster=c, node="n1", pod=f"api-{i}"))
-    assert time.monotonic() < deadline + 60
-    assert host.get(f"{POLICY}/propagationpolicies/api") is None
+    assert host.get(pp_path) is None
+    assert host.get(op_path) is None

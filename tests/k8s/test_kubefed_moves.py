@@ -9,7 +9,10 @@ endpoint; every phase has a start and an end event; a client is paused and resum
 its pod's annotation without a restart, and routes inside an instance land on its link end's
 endpoint. A member made unreachable mid-move (its API server stopped) fails the move cleanly:
 it rolls back, the service keeps its source, and once the member answers again KubeFed has
-removed everything the move put there.
+removed everything the move put there; the source kept serving throughout: before the move,
+mid-move (after SYNC) and after the rollback its placement, overrides (one replica, no standby
+marker), Deployment and pod (the same objects, by uid), NSM endpoint and the client's route are
+the same.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from mobility.backends.kube.nsm import link_service_name
 from mobility.backends.kube.objects import NSM_ANNOTATION, STANDBY_ANNOTATION
 from mobility.deploying import Deployer
 from mobility.errors import MobilityError
-from mobility.models import Move, MoveStatus, Phase, Service
+from mobility.models import Instance, Move, MoveStatus, Phase, Service
 from mobility.moving import Engine, MoveRequests
 from mobility.phases import ORDER
 from mobility.settings import Settings
@@ -124,6 +127,33 @@ def route_of(fed: Federated, registry: Registry, echo: Service, client: Service)
         if m["source_selector"] == {"mobility.io/service": client.name}:
             return str(m["routes"][0]["destination_selector"]["mobility.io/instance"])
     return None
+
+
+def serving(fed: Federated, registry: Registry, echo: Service, client: Service,
+            source: Instance) -> dict[str, Any]:
+    """What says that ``source`` serves, as the adapters record it.
+
+    On the host: the FederatedDeployment places the source's cluster with one replica and no
+    standby marker, and the link's NetworkService routes the client to the source; in the
+    source's member: its Deployment (the same object, by uid) without the standby marker, its
+    pod (the same, by uid: never restarted) and its NSM endpoint. A source torn down, stopped,
+    marked standby, re-created or switched away from early changes one of these.
+    """
+    member = fed.cp.servers[source.cluster]
+    obj = fd(fed, echo.name)
+    mine = overrides(obj, source.cluster)
+    dep = deployment(member, echo.name) or {}
+    meta = dep.get("metadata", {})
+    return {
+        "placed": source.cluster in placement(obj),
+        "replicas": mine.get("/spec/replicas"),
+        "standby": (mine.get("/metadata/annotations") or {}).get(STANDBY_ANNOTATION),
+        "deployment": meta.get("uid"),
+        "deployment_standby": (meta.get("annotations") or {}).get(STANDBY_ANNOTATION),
+        "pods": [p["metadata"]["uid"] for p in pods(member, source.pod)],
+        "endpoints": endpoints(member, source.pod),
+        "route": route_of(fed, registry, echo, client),
+    }
 
 
 def eventually(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -254,6 +284,13 @@ def test_unreachable_member_mid_move_rolls_back_and_leaves_nothing(
     assert source is not None
     b = federated.cp.servers["member-b"]
     before = workload_objects(b)
+    # the source serves before the move; the same record must hold all through it
+    source_before = serving(federated, registry, echo, client, source)
+    assert source_before["placed"] and source_before["replicas"] == 1
+    assert source_before["standby"] == source_before["deployment_standby"] == "false"
+    assert source_before["deployment"] is not None
+    assert len(source_before["pods"]) == 1 and len(source_before["endpoints"]) == 1
+    assert source_before["route"] == source.pod
     engine = Engine(registry=registry, federation=federated.federation,
                     wiring=federated.wiring, state_agents=NoStateAgents(), settings=settings())
     requests = MoveRequests(registry=engine.registry, settings=engine.settings)
@@ -266,6 +303,8 @@ def test_unreachable_member_mid_move_rolls_back_and_leaves_nothing(
         seen["target"] = target
         seen["deployment_before"] = deployment(b, echo.name) is not None
         seen["endpoints_before"] = endpoints(b, target.pod)
+        # mid-move, the target placed, wired and synced: the source still serves, untouched
+        seen["source_mid_move"] = serving(federated, registry, echo, client, source)
         b.pause()  # member-b's API server stops answering: a partition, mid-move
 
     try:
@@ -286,6 +325,7 @@ def test_unreachable_member_mid_move_rolls_back_and_leaves_nothing(
 
     target = seen["target"]
     assert seen["deployment_before"] and len(seen["endpoints_before"]) == 1
+    assert seen["source_mid_move"] == source_before, "the source changed before the cutover"
     svc = registry.get_service(echo.name)
     assert svc is not None and svc.instance == source and svc.moving is None
     assert registry.lock_owner(echo.name) is None
@@ -299,7 +339,6 @@ def test_unreachable_member_mid_move_rolls_back_and_leaves_nothing(
     eventually(lambda: pods(b, target.pod) == [], "the target's pod is gone")
     eventually(lambda: endpoints(b, target.pod) == [], "the target's NSM endpoint is gone")
     assert workload_objects(b) == before
-    # the source kept serving throughout
-    a = federated.cp.servers["member-a"]
-    assert [p["status"]["phase"] for p in pods(a, source.pod)] == ["Running"]
+    # the source kept serving throughout: the same objects, pod and route as before the move
+    assert serving(federated, registry, echo, client, source) == source_before
     remove_pair(registry, federated, echo, client)

@@ -2,15 +2,15 @@
 
 Aspects: every write bumps the version and stamps its key; ``changes_since`` lists exactly the
 keys written and the tombstones laid after a version; deleting a missing key bumps nothing;
-``freeze`` holds ``set`` and ``delete`` of other threads until ``resume``, while ``apply`` and
+``freeze`` holds ``set`` and ``delete`` of other threads until ``resume`` (the writer is seen
+asking the frozen flag and blocking on it, not guessed from a timeout), while ``apply`` and
 ``apply_delete`` (the target's side) go through; a write that had passed the frozen check
-before ``freeze`` must not land after it; the digest depends on the content only, not on the
-order of insertion, and differs when the content differs.
+before ``freeze`` must not land after it (it goes back to waiting); the digest depends on the
+content only, not on the order of insertion, and differs when the content differs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,22 +77,48 @@ def test_delete_of_a_missing_key_does_not_bump() -> None:
     assert store.version == before
 
 
-def _in_thread(fn: Callable[[], object]) -> tuple[threading.Event, threading.Event]:
-    started, done = threading.Event(), threading.Event()
+class _WatchedThaw:
+    """Stands in for the store's thawed flag, saying when a writer is parked on it.
 
-    def run() -> None:
-        started.set()
-        fn()
-        done.set()
+    A writer that asks a frozen store and would block sets ``news`` first: the test sees the
+    writer parked instead of guessing it from a timeout. A writer that asks with a timeout
+    has its first such wait expire at once (as it may on a loaded machine), so one that gives
+    up and writes when its wait times out is caught every time, not only when it is slow.
+    """
 
-    threading.Thread(target=run, daemon=True).start()
-    return started, done
+    def __init__(self, real: threading.Event, news: threading.Event) -> None:
+        self.real = real
+        self.news = news
+        self.asked_frozen: list[bool] = []
+        self.expired = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        frozen = not self.real.is_set()
+        self.asked_frozen.append(frozen)
+        if frozen and timeout is not None and not self.expired:
+            self.expired = True
+            return False
+        if frozen:
+            self.news.set()
+        return self.real.wait(timeout)
+
+    def set(self) -> None:
+        self.real.set()
+
+    def clear(self) -> None:
+        self.real.clear()
+
+    def is_set(self) -> bool:
+        return self.real.is_set()
 
 
 @pytest.mark.parametrize("op", ["set", "delete"])
 def test_freeze_holds_writers_of_other_threads_until_resume(op: str) -> None:
     store = StateStore()
     store.set("k", "before")
+    news, done = threading.Event(), threading.Event()
+    gate = _WatchedThaw(store._thawed, news)
+    store._thawed = gate  # type: ignore[assignment]
     frozen_at = store.freeze()
     assert store.frozen
 
@@ -101,11 +127,14 @@ def test_freeze_holds_writers_of_other_threads_until_resume(op: str) -> None:
             store.set("k", "during")
         else:
             store.delete("k")
+        done.set()
+        news.set()
 
-    started, done = _in_thread(write)
-    assert started.wait(WAIT_S)
-    # the writer must still be waiting: a bounded wait for something that must not happen
-    assert not done.wait(0.3), f"{op} went through a frozen store"
+    threading.Thread(target=write, daemon=True).start()
+    # the writer either asked the frozen flag (and is blocked on it) or went through
+    assert news.wait(WAIT_S), f"{op} neither waited nor finished"
+    assert not done.is_set(), f"{op} went through a frozen store"
+    assert gate.asked_frozen[-1:] == [True], f"{op} did not find the store frozen"
     assert store.version == frozen_at and store.get("k") == "before"
 
     store.resume()
@@ -135,50 +164,48 @@ def test_apply_and_apply_delete_work_while_frozen() -> None:
     store.resume()
 
 
-class _PreemptedThaw:
-    """Stands in for the store's thawed flag: a writer that has just passed ``wait()`` stops
-    there until told to go on. That is where a thread switch can happen in real life; here
-    it happens every time, so the race is shown deterministically."""
+class _PreemptedThaw(_WatchedThaw):
+    """A writer that has just passed ``wait()`` the first time stops there until told to go on.
 
-    def __init__(self, real: threading.Event) -> None:
-        self.real = real
+    That is where a thread switch can happen in real life; here it happens every time, so the
+    race is shown deterministically. Later calls only report (see :class:`_WatchedThaw`).
+    """
+
+    def __init__(self, real: threading.Event, news: threading.Event) -> None:
+        super().__init__(real, news)
         self.passed = threading.Event()
         self.go = threading.Event()
 
     def wait(self, timeout: float | None = None) -> bool:
+        if self.passed.is_set():
+            return super().wait(timeout)
         ok = self.real.wait(timeout)
-        if not self.passed.is_set():
-            self.passed.set()
-            self.go.wait(WAIT_S)
+        self.passed.set()
+        self.go.wait(WAIT_S)
         return ok
-
-    def set(self) -> None:
-        self.real.set()
-
-    def clear(self) -> None:
-        self.real.clear()
-
-    def is_set(self) -> bool:
-        return self.real.is_set()
 
 
 def test_no_write_lands_after_freeze_returned() -> None:
     store = StateStore()
     store.set("k", "before")
-    gate = _PreemptedThaw(store._thawed)
+    news = threading.Event()
+    gate = _PreemptedThaw(store._thawed, news)
     store._thawed = gate  # type: ignore[assignment]
 
     with ThreadPoolExecutor(1) as pool:
         writer = pool.submit(store.set, "k", "late")
+        writer.add_done_callback(lambda _: news.set())
         assert gate.passed.wait(WAIT_S)
         frozen_at = store.freeze()
         # the final delta of a move is taken here, under the freeze
         final = store.changes_since(frozen_at)
         gate.go.set()
-        with contextlib.suppress(TimeoutError):  # still blocked by the freeze: correct
-            writer.result(timeout=2.0)
         try:
-            assert store.version == frozen_at, "a write landed after freeze() returned"
+            # the writer either went back to the frozen flag (and blocks there) or landed
+            assert news.wait(WAIT_S), "the writer neither waited again nor finished"
+            assert not writer.done(), "a write landed after freeze() returned"
+            assert gate.asked_frozen[-1:] == [True]
+            assert store.version == frozen_at
             assert store.changes_since(frozen_at) == final
             assert store.get("k") == "before"
         finally:

@@ -2,8 +2,9 @@
 
 Aspects: the five roles are there (redis, api, orchestrator, beat, dataplane agent); every
 command's executable is a console script of the installed environment; every Celery app and
-ASGI factory it names imports and has the attribute; every queue a worker consumes is one the
-code routes to; the dataplane agent is privileged on the host network.
+ASGI factory it names imports and has the attribute; the orchestrator and every dataplane agent
+run a Celery worker, each with -Q naming the queue the code routes to (the orchestration queue,
+the agent's own node queue); the dataplane agent is privileged on the host network.
 """
 
 from __future__ import annotations
@@ -58,14 +59,23 @@ def test_commands_name_existing_entry_points() -> None:
             assert callable(resolve(app_ref)), f"{name}: {app_ref} is not a factory"
 
 
+def command_of(svc: dict[str, object]) -> list[str]:
+    command = svc.get("command")
+    return [str(c) for c in command] if isinstance(command, list) else []
+
+
 def test_worker_queues_are_routed() -> None:
-    for name, svc in services().items():
-        command = svc.get("command")
-        if not isinstance(command, list) or "-Q" not in command:
-            continue
-        queue = str(command[command.index("-Q") + 1])
+    workers = {name: command for name, svc in services().items()
+               if (command := command_of(svc))[:2] == ["celery", "-A"] and "worker" in command}
+    # the orchestrator and every dataplane agent run a worker; nothing else does
+    agents = {n for n in services() if n.startswith("dataplane-")}
+    assert agents and set(workers) == {"orchestrator", *agents}
+    for name, command in workers.items():
+        # without -Q a worker consumes Celery's default queue, which nothing routes to
+        assert "-Q" in command, f"{name}: a worker without -Q"
+        queue = command[command.index("-Q") + 1]
         if name == "orchestrator":
             assert queue == ORCHESTRATION
         else:
-            cluster, node = str(svc["environment"]["MOBILITY_NODE"]).split("/")  # type: ignore[index]
-            assert queue == node_queue(cluster, node)
+            cluster, node = str(services()[name]["environment"]["MOBILITY_NODE"]).split("/")  # type: ignore[index]
+            assert queue == node_queue(cluster, node), f"{name}: consumes {queue}"

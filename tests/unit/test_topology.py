@@ -5,7 +5,9 @@ addresses (cluster underlays, node IPs, pod subnets, host/router /30) for it; po
 distinct, inside the underlay, overlapping neither the cluster underlays nor the host link;
 every interface name within the kernel's 15 characters even at the longest allowed names;
 LabConfigError for a bad lab or cluster name, an underlay that is not a /16 inside
-198.18.0.0/15, no or too many clusters, duplicate clusters, a bad node count or MTU;
+198.18.0.0/15, no or too many clusters, duplicate clusters, a bad node count or MTU; labs up
+to the limits (7 clusters, 15 nodes) accepted with sound addresses, and 8 or more clusters
+refused;
 load_config from a TOML file, with overrides and a TOML error; LabPlan.node, pod_namespace;
 LabPlan.to_dict/from_dict round trip, also through JSON as save_plan writes it.
 """
@@ -227,14 +229,19 @@ def test_mtu_bounds_are_inclusive(mtu: int) -> None:
     assert plan(lab(ClusterConfig(name="core", underlay_mtu=mtu))).clusters[0].mtu == mtu
 
 
-@pytest.mark.parametrize(("clusters", "nodes"), [(7, 15), (8, 15), (9, 1), (16, 15)])
-def test_every_accepted_lab_has_sound_addresses(clusters: int, nodes: int) -> None:
-    cfg = lab(*(ClusterConfig(name=f"c{i}", nodes=nodes) for i in range(clusters)))
-    try:
-        p = plan(cfg)
-    except LabConfigError:
-        return  # refusing a lab that does not fit is a fine answer too
+@pytest.mark.parametrize(("clusters", "nodes"), [(7, 15), (7, 1), (1, 15), (1, 1), (3, 8)])
+def test_labs_up_to_the_limits_are_accepted_with_sound_addresses(clusters: int,
+                                                                 nodes: int) -> None:
+    p = plan(lab(*(ClusterConfig(name=f"c{i}", nodes=nodes) for i in range(clusters))))
+    assert (len(p.clusters), len(p.nodes)) == (clusters, clusters * nodes)
     assert_addresses_sound(p)
+
+
+@pytest.mark.parametrize(("clusters", "nodes"), [(8, 15), (8, 1), (9, 1), (16, 15)])
+def test_labs_past_the_cluster_limit_are_refused(clusters: int, nodes: int) -> None:
+    # Past 7 clusters of 15 nodes the pod subnets would reach the host link's /24.
+    with pytest.raises(LabConfigError, match="1 to 7 clusters"):
+        plan(lab(*(ClusterConfig(name=f"c{i}", nodes=nodes) for i in range(clusters))))
 
 
 @pytest.mark.parametrize(("name", "cluster"), [("smlab\n", "core"), ("smlab", "core\n")])

@@ -3,11 +3,11 @@
 Usage: python -m dataplane.lab.workloads.probe --target IP:PORT --rate 1000 --out PATH
        [--duration S] [--count N] [--progress PATH] [--grace S]
 
-Runs until SIGTERM/SIGINT (or --duration), then stops sending, waits ``--grace`` seconds for
-replies still in flight and writes one JSON object to ``--out``: sent, received (unique), lost,
-duplicated, the longest silence between two replies and the round-trip percentiles. A reply
-is matched by its sequence number, so a request answered twice counts as duplicated and one
-never answered as lost.
+Runs until SIGTERM/SIGINT (or --duration), then stops sending, waits for the replies still in
+flight (until every request is answered, at most ``--grace`` seconds) and writes one JSON
+object to ``--out``: sent, received (unique), lost, duplicated, the longest silence between two
+replies and the round-trip percentiles. A reply is matched by its sequence number, so a request
+answered twice counts as duplicated and one never answered as lost.
 """
 
 from __future__ import annotations
@@ -149,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             break
     probe.stop_sending.set()
     sender.join()
-    time.sleep(args.grace)
+    # replies still in flight: wait for them, but no longer than --grace seconds
+    deadline = time.monotonic() + args.grace
+    while probe.received < probe.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
     probe.stop_receiving.set()
     receiver.join()
     result = probe.summary()
