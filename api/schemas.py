@@ -87,6 +87,10 @@ class MoveOut(BaseModel):
     total_ms: float | None
     phase_ms: dict[str, float]
     cutover_confirmed: bool
+    cutover_steps: list[str] = Field(default_factory=list, description=(
+        "CUTOVER's steps done: delta_shipped, target_resumed, switched"))
+    forward_only: bool = Field(default=False, description=(
+        "the target may have served: the move only goes forward now"))
     abort_requested: bool
     error: str | None
     origin: str
@@ -110,7 +114,8 @@ class MoveOut(BaseModel):
             to_cluster=m.to_cluster, source=InstanceOut.of(m.source),
             target=InstanceOut.of(m.target), created_at=m.created_at,
             finished_at=m.finished_at, total_ms=m.total_ms, phase_ms=dict(m.phase_ms),
-            cutover_confirmed=m.cutover_confirmed, abort_requested=m.abort_requested,
+            cutover_confirmed=m.cutover_confirmed, cutover_steps=list(m.cutover_steps),
+            forward_only=m.forward_only, abort_requested=m.abort_requested,
             error=m.error, origin=m.origin, policy_id=m.policy_id, trigger=m.trigger,
             strategy=m.strategy, stateful=m.stateful,
             precopy_rounds=m.sync_rounds, state_bytes=m.state_bytes, freeze_ms=m.freeze_ms,

@@ -245,7 +245,8 @@ class Deployer:
         if svc is None:
             raise NotFound(f"service {name!r} does not exist")
         owner = f"removal-of-{name}"
-        if svc.moving or not self.registry.take_lock(name, owner):
+        if svc.moving or not self.registry.take_lock(name, owner,
+                                                     ttl_s=self.settings.removal_lock_ttl_s):
             raise Conflict(f"service {name!r} is moving (move {svc.moving}); abort the move or "
                            "wait for it to end")
         # Holding the lock keeps node agents' reconcilers off this service and its peers'

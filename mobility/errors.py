@@ -7,6 +7,7 @@
     +-- Invalid                      kind "invalid"     (HTTP 422)
     |   +-- TransitionError          a move status change the saga does not allow
     +-- StaleEpoch                   kind "stale"       a task of an older epoch of a move
+    |   +-- LeaseLost                another worker holds the move's lease
     +-- PhaseFailed                  kind "failed"      a phase could not complete
     |   +-- MoveAborted, InjectedFault
     +-- FederationError              kind "federation"  a backend failed (retryable or not)
@@ -52,6 +53,11 @@ class TransitionError(Invalid, ValueError):
 
 class StaleEpoch(MobilityError):
     """A task for an older epoch of a move: the reaper has taken the move over."""
+
+
+class LeaseLost(StaleEpoch):
+    """Another worker holds the move's lease (a redelivered task, or a takeover after this
+    worker stalled): this one stops without recording anything."""
 
 
 class PlacementError(Conflict):

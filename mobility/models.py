@@ -206,6 +206,13 @@ class Move:
     sync_since: int = 0  # the source state version the pre-copy rounds reached
     state_bytes: int = 0
     freeze_ms: float | None = None
+    # CUTOVER's steps done so far ("delta_shipped", "target_resumed", "switched"): a CUTOVER
+    # run again (a retry, a takeover) skips what is done and never re-ships a delta.
+    cutover_steps: list[str] = field(default_factory=list)
+    # Set once the target may have served (its peers were switched to it): from then on the
+    # move only goes forward, as after a confirmed cutover, so nothing the target took is lost.
+    forward_only: bool = False
+    compensation_passes: int = 0  # compensation passes that left something undone
 
     @property
     def total_ms(self) -> float | None:

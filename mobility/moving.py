@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mobility import planning, workloads
@@ -26,6 +26,7 @@ from mobility.errors import (
     FederationError,
     InjectedFault,
     Invalid,
+    LeaseLost,
     MobilityError,
     MoveAborted,
     PhaseFailed,
@@ -57,7 +58,26 @@ INJECTABLE = frozenset([str(p) for p in Phase] + [f"pause:{p}" for p in Phase]
                        + ["pause:switched", "pause:rollback", "corrupt:sync",
                           "corrupt:cutover"])
 PAUSE_MAX_S = 120.0
+UNDO_ATTEMPTS = 3  # tries of one compensation step within a pass
+UNDO_BACKOFF_S = 0.5
+COMPENSATION_BACKOFF_MAX_S = 60.0
+# The compensations that make the source serve again: never given up.
+SOURCE_SIDE = frozenset({Phase.CUTOVER, Phase.SYNC})
 STRATEGIES = ("precopy", "stop-and-copy")
+
+
+@dataclass
+class Lease:
+    """A held move lease; ``lost`` is set when another worker has it now. ``linger_s``: on
+    exit, keep it that long (nobody takes the move over before), instead of releasing it."""
+
+    move_id: str
+    lost: threading.Event = field(default_factory=threading.Event)
+    linger_s: float = 0.0
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLost(f"move {self.move_id}: lease lost; another worker runs it now")
 
 
 @dataclass(frozen=True)
@@ -113,14 +133,15 @@ class MoveRequests:
                     faults=faults, origin=origin, strategy=strategy,
                     stateful=svc.workload in workloads.STATEFUL, policy_id=policy_id,
                     trigger=trigger)
-        self.registry.create_move(move)
+        peers = [link.peer_of(service).service for link in self.registry.links_of(svc)]
+        self.registry.create_move(move, peers=peers)
         self.registry.note_move_start(service, move.created_at)
         self._event(move.id, "status", detail="pending")
         return move
 
     def request_abort(self, move_id: str) -> Move:
         def ask(m: Move) -> None:
-            if not m.status.terminal and not m.cutover_confirmed:
+            if not m.status.terminal and not m.cutover_confirmed and not m.forward_only:
                 m.abort_requested = True
 
         move = self.registry.update_move(move_id, ask)
@@ -140,6 +161,7 @@ class Engine:
         self.federation = federation
         self.wiring = wiring
         self.state_agents = state_agents
+        self._tl = threading.local()  # the lease the current thread's phase holds
 
     # --- running phases ---
 
@@ -152,7 +174,7 @@ class Engine:
             return False
         if str(phase) in move.phases_done:
             return True
-        if move.abort_requested and not move.cutover_confirmed:
+        if (move.abort_requested and not move.cutover_confirmed and not move.forward_only):
             raise MoveAborted(f"move {move_id} aborted on request before {phase}")
 
         def start(m: Move) -> None:
@@ -161,28 +183,40 @@ class Engine:
             if str(phase) not in m.phases_started:
                 m.phases_started.append(str(phase))
 
-        move = self.registry.update_move(move_id, start, epoch=epoch)
-        self._event(move_id, "phase_started", phase=phase)
-        t0 = time.perf_counter()
-        with self.lease(move_id):
-            getattr(self, f"_{phase}")(move, epoch)
-            self._hold(move, epoch, f"pause:{phase}", phase)
-            if epoch == 0 and str(phase) in move.faults:
-                raise InjectedFault(f"fault injected in {phase}")
-            if (epoch == 0 and f"flaky:{phase}" in move.faults
-                    and self.registry.fire_once(move_id, f"flaky:{phase}")):
-                raise FederationError(f"flaky fault injected in {phase} (retryable)",
-                                      retryable=True)
-        ms = round((time.perf_counter() - t0) * 1000, 1)
+        with self.lease(move_id, epoch) as held:
+            self._tl.lease = held
+            try:
+                move = self.registry.update_move(move_id, start, epoch=epoch)
+                self._event(move_id, "phase_started", phase=phase)
+                t0 = time.perf_counter()
+                getattr(self, f"_{phase}")(move, epoch)
+                self._hold(move, epoch, f"pause:{phase}", phase)
+                if epoch == 0 and str(phase) in move.faults:
+                    raise InjectedFault(f"fault injected in {phase}")
+                if (epoch == 0 and f"flaky:{phase}" in move.faults
+                        and self.registry.fire_once(move_id, f"flaky:{phase}")):
+                    raise FederationError(f"flaky fault injected in {phase} (retryable)",
+                                          retryable=True)
+                ms = round((time.perf_counter() - t0) * 1000, 1)
 
-        def end(m: Move) -> None:
-            if str(phase) not in m.phases_done:
-                m.phases_done.append(str(phase))
-            m.phase_ms[str(phase)] = ms
+                def end(m: Move) -> None:
+                    if str(phase) not in m.phases_done:
+                        m.phases_done.append(str(phase))
+                    m.phase_ms[str(phase)] = ms
 
-        self.registry.update_move(move_id, end, epoch=epoch)
+                held.check()  # a worker that lost the lease records nothing
+                self.registry.update_move(move_id, end, epoch=epoch)
+            finally:
+                self._tl.lease = None
         self._event(move_id, "phase_ended", phase=phase, detail=f"{ms} ms")
         return True
+
+    def _check_lease(self) -> None:
+        """Stop here if this worker no longer holds the move's lease (before an act that
+        others must not see twice, such as switching peers)."""
+        held: Lease | None = getattr(self._tl, "lease", None)
+        if held is not None:
+            held.check()
 
     def _hold(self, move: Move, epoch: int, fault: str, phase: Phase) -> None:
         """Hold here while the injected pause ``fault`` is on (first epoch only)."""
@@ -322,21 +356,40 @@ class Engine:
         return sent
 
     def _cutover(self, move: Move, epoch: int) -> None:
+        """Freeze, ship the last delta, resume the target, switch the peers, confirm.
+
+        Idempotent by steps recorded on the move ("delta_shipped", "target_resumed",
+        "switched"): run again (a retry, a takeover) it never re-ships a delta onto a target
+        that may already have taken writes, and once the peers were switched the move only
+        goes forward (``forward_only``), so nothing the target accepted is rolled back.
+        """
         svc = self._service(move)
         target = self._target(move)
         pairs = self._peers(svc)
         frozen_at = time.perf_counter()
         pausable = svc.workload in workloads.PAUSABLE
-        if move.stateful:
+        if move.stateful and "delta_shipped" not in move.cutover_steps:
             self._final_delta(move, epoch)
-        if pausable and move.source is not None:
+            self._step(move, epoch, "delta_shipped")
+        if move.stateful and "target_resumed" not in move.cutover_steps:
+            try:
+                with contextlib.closing(self.state_agents.agent(target)) as agent:
+                    agent.call("resume")
+            except StateTransferError as exc:
+                raise PhaseFailed(f"could not resume the target: {exc}") from exc
+            self._step(move, epoch, "target_resumed")
+        if pausable and move.source is not None and "switched" not in move.cutover_steps:
             self.federation.quiesce(instance=move.source)
-        for link, peer in pairs:
+        self._check_lease()  # never switch peers for a move another worker now runs
+        for link, peer in pairs:  # done again on a re-run: the switch is idempotent
             self.wiring.switch(link=link, moved=svc.name, peer_instance=peer, to_instance=target)
+        if "switched" not in move.cutover_steps:
+            # a stateful target may take writes from now on: rolling back would lose them
+            self._step(move, epoch, "switched", forward_only=move.stateful)
         self._hold(move, epoch, "pause:switched", Phase.CUTOVER)
         if pausable:
             self.federation.resume(instance=target)
-        if move.stateful:
+        if move.stateful and move.freeze_ms is None:
             freeze_ms = round((time.perf_counter() - frozen_at) * 1000, 2)
 
             def froze(m: Move) -> None:
@@ -364,8 +417,20 @@ class Engine:
         self._event(move.id, "cutover_confirmed", phase=Phase.CUTOVER,
                     detail=f"{len(pairs)} peer(s) switched to {target.cluster}/{target.node}")
 
+    def _step(self, move: Move, epoch: int, step: str, *, forward_only: bool = False) -> None:
+        """Record a CUTOVER step as done (and, from the switch on, that the move only goes
+        forward)."""
+        def done(m: Move) -> None:
+            if step not in m.cutover_steps:
+                m.cutover_steps.append(step)
+            m.forward_only = m.forward_only or forward_only
+
+        updated = self.registry.update_move(move.id, done, epoch=epoch)
+        move.cutover_steps, move.forward_only = updated.cutover_steps, updated.forward_only
+
     def _final_delta(self, move: Move, epoch: int) -> None:
-        """Freeze the source, ship what changed since the last round, resume the target."""
+        """Freeze the source and ship what changed since the last round (the target resumes
+        in its own step)."""
         source, target = self._agents(move)
         try:
             source.call("freeze")
@@ -373,7 +438,6 @@ class Engine:
             since = move.sync_since if move.strategy == "precopy" else 0
             sent = self._round(move, source, target, rnd=rnd, since=since,
                                corrupt="corrupt:cutover" in move.faults)
-            target.call("resume")
         finally:
             source.close()
             target.close()
@@ -409,45 +473,91 @@ class Engine:
     def compensate(self, move_id: str, epoch: int, *, error: str) -> Move:
         """Undo every started phase, newest first, then release the lock.
 
-        After a confirmed cutover nothing is undone: the move goes forward (RELEASE is retried
-        by the caller) or ends as failed with the service serving from the target.
+        Every step runs, each retried a few times, even when an earlier one failed. The move
+        ends ``rolled_back`` only when all are done. Otherwise it stays ``rolling_back`` (its
+        events say what is left) and the lease is held for a backoff, after which the reaper
+        takes it over and runs the compensation again: a partitioned peer or a frozen source
+        is retried until it serves. Only target-side clean-up may be given up, after
+        ``compensation_max_passes`` passes: the move then ends ``failed``, naming what stays.
+
+        Once the target may have served (``forward_only``, or a confirmed cutover) nothing is
+        undone: the move goes forward, through the reaper.
         """
         move = self.registry.get_move(move_id)
         if move.epoch != epoch or move.status.terminal:
             return move
-        if move.cutover_confirmed:
-            move = self.registry.finish_move(move_id, MoveStatus.FAILED, error=error)
-            self._event(move_id, "status", detail=f"failed after cutover: {error}")
+        if move.cutover_confirmed or move.forward_only:
+            log.warning("move %s: not rolled back, the target may have served; it goes "
+                        "forward (%s)", move_id, error)
             return move
 
         def begin(m: Move) -> None:
             m.status = MoveStatus.ROLLING_BACK
-            m.error = error
+            m.error = m.error or error
 
-        move = self.registry.update_move(move_id, begin, epoch=epoch)
-        self._event(move_id, "status", detail=f"rolling_back: {error}")
-        with self.lease(move_id):
+        with self.lease(move_id, epoch, handoff=False) as held:
+            move = self.registry.update_move(move_id, begin, epoch=epoch)
+            self._event(move_id, "status", detail=f"rolling_back: {error}")
+            undone: list[tuple[Phase, str, MobilityError]] = []
             for i, phase in enumerate(compensation_plan(move)):
-                name = COMPENSATIONS[phase]
+                name = str(COMPENSATIONS[phase])
                 if i == 1:
                     self._hold(move, epoch, "pause:rollback", phase)
-                try:
-                    if epoch == 0 and f"undo:{phase}" in move.faults:
-                        raise InjectedFault(f"fault injected in {name}")
-                    getattr(self, f"_undo_{phase}")(move)
-                except MobilityError as exc:
-                    log.error("move %s: compensation %s failed: %s", move_id, name, exc)
+                failure = self._undo(move, epoch, phase, name)
+                if failure is None:
+                    self._event(move_id, "compensated", phase=phase, detail=name)
+                else:
+                    log.error("move %s: compensation %s failed: %s", move_id, name, failure)
                     self._event(move_id, "compensation_failed", phase=phase,
-                                detail=f"{name}: {exc}")
-                    final = self.registry.finish_move(
-                        move_id, MoveStatus.FAILED, error=f"{error}; {name} failed: {exc}")
-                    self._event(move_id, "status", detail="failed")
-                    return final
-                self._event(move_id, "compensated", phase=phase, detail=str(name))
+                                detail=f"{name}: {failure}")
+                    undone.append((phase, name, failure))
+            held.check()
+            if undone:
+                return self._compensation_left(move, epoch, held, error, undone)
         final = self.registry.finish_move(move_id, MoveStatus.ROLLED_BACK)
         self.registry.expire_state(move_id, self.settings.state_ttl_s)
         self._event(move_id, "status", detail="rolled_back")
         return final
+
+    def _undo(self, move: Move, epoch: int, phase: Phase, name: str) -> MobilityError | None:
+        """One compensation step, tried a few times; the last error, or None once done."""
+        failure: MobilityError | None = None
+        for attempt in range(UNDO_ATTEMPTS):
+            try:
+                if epoch == 0 and f"undo:{phase}" in move.faults:
+                    raise InjectedFault(f"fault injected in {name}")
+                getattr(self, f"_undo_{phase}")(move)
+                return None
+            except MobilityError as exc:
+                failure = exc
+                if attempt + 1 < UNDO_ATTEMPTS:
+                    time.sleep(UNDO_BACKOFF_S * 2 ** attempt)
+        return failure
+
+    def _compensation_left(self, move: Move, epoch: int, held: Lease, error: str,
+                           undone: list[tuple[Phase, str, MobilityError]]) -> Move:
+        """After a pass that left steps undone: give up on target-side clean-up after enough
+        passes, else wait (holding the lease for a backoff) for the reaper's next pass."""
+        passes = move.compensation_passes + 1
+        left = "; ".join(f"{name}: {exc}" for _, name, exc in undone)
+        source_side = [p for p, _, _ in undone if p in SOURCE_SIDE]
+        if not source_side and passes >= self.settings.compensation_max_passes:
+            final = self.registry.finish_move(
+                move.id, MoveStatus.FAILED,
+                error=f"{error}; the source serves, but after {passes} passes this is left "
+                      f"behind: {left}")
+            self._event(move.id, "status", detail=f"failed: left behind: {left}")
+            return final
+
+        def count(m: Move) -> None:
+            m.compensation_passes = passes
+
+        updated = self.registry.update_move(move.id, count, epoch=epoch)
+        held.linger_s = min(COMPENSATION_BACKOFF_MAX_S, 2.0 * 2 ** passes)
+        self._event(move.id, "status",
+                    detail=f"rolling_back: {len(undone)} step(s) left after pass {passes} "
+                           f"({left}); retried in {held.linger_s:g} s")
+        return updated
 
     def _undo_admit(self, move: Move) -> None:
         """release_lock: done by finish_move, which releases the lock with the move's end."""
@@ -529,28 +639,59 @@ class Engine:
     # --- helpers ---
 
     @contextlib.contextmanager
-    def lease(self, move_id: str) -> Iterator[None]:
-        """Hold the move's lease while work runs, refreshed from a thread."""
+    def lease(self, move_id: str, epoch: int, *, handoff: bool = True) -> Iterator[Lease]:
+        """Hold the move's lease while work runs: taken only if free, handed over to this
+        epoch or ours; refreshed by compare-and-set from a thread. A worker that loses it
+        (stalled past its TTL and taken over, or a redelivered task racing a live one) sees
+        ``Lease.lost`` and must stop before recording anything (:meth:`Lease.check`).
+
+        On exit the lease is handed over (``handoff:<epoch>``) for the next phase's task, or
+        released when ``handoff`` is False."""
         token = secrets.token_hex(8)
         ttl = self.settings.lease_ttl_s
-        self.registry.hold_lease(move_id, token, ttl)
+        if not self.registry.acquire_lease(move_id, token, epoch=epoch, ttl_s=ttl):
+            raise LeaseLost(f"move {move_id}: another worker holds the lease")
+        held = Lease(move_id)
         stop = threading.Event()
 
         def refresh() -> None:
+            last_ok = time.monotonic()
             while not stop.wait(ttl / 3):
-                with contextlib.suppress(Exception):
-                    self.registry.hold_lease(move_id, token, ttl)
+                try:
+                    if not self.registry.refresh_lease(move_id, token, ttl_s=ttl):
+                        held.lost.set()
+                        log.error("move %s: lease taken by another worker", move_id)
+                        return
+                    last_ok = time.monotonic()
+                except Exception as exc:  # Redis unreachable: the lease may be expiring
+                    log.warning("move %s: lease refresh failed: %s", move_id, exc)
+                    if time.monotonic() - last_ok > ttl:
+                        held.lost.set()
+                        return
 
         t = threading.Thread(target=refresh, name=f"lease-{move_id}", daemon=True)
         t.start()
+        failed = False
         try:
-            yield
+            yield held
+        except BaseException:
+            failed = True  # no hand-off: whoever runs the move next takes the lease now
+            raise
         finally:
             stop.set()
             t.join()
-            # Keep the lease while the next phase's task is on its way; it takes it from here.
             with contextlib.suppress(Exception):
-                self.registry.hold_lease(move_id, token, self.settings.lease_handoff_s)
+                if held.lost.is_set():
+                    pass
+                elif held.linger_s > 0:
+                    self.registry.refresh_lease(move_id, token, ttl_s=held.linger_s,
+                                                value=f"backoff:{epoch}")
+                elif handoff and not failed:
+                    self.registry.refresh_lease(move_id, token,
+                                                ttl_s=self.settings.lease_handoff_s,
+                                                value=f"handoff:{epoch}")
+                else:
+                    self.registry.release_lease(move_id, token)
 
     def _service(self, move: Move) -> Service:
         svc = self.registry.get_service(move.service)

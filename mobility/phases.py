@@ -75,12 +75,13 @@ def compensation_plan(move: Move) -> list[Phase]:
 def recovery(move: Move) -> str:
     """What the reaper does with a move whose worker vanished.
 
-    ``"forward"``: the cutover was confirmed, so the target serves; finish RELEASE.
+    ``"forward"``: the cutover was confirmed, or the target may have served already (its
+    peers were switched to it): finish the move from where it stopped.
     ``"rollback"``: anything earlier; the source still serves, so undo what was started.
     ``"none"``: the move already ended.
     """
     if move.status.terminal:
         return "none"
-    if move.cutover_confirmed:
+    if move.cutover_confirmed or move.forward_only:
         return "forward"
     return "rollback"

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     # Celery hop on a loaded machine can take seconds, and a move must not be taken over then.
     lease_handoff_s: float = Field(default=30.0, gt=0)
     node_call_timeout_s: float = Field(default=20.0, gt=0)
+    # A removal's lock on its service expires: a removal is bounded by its node calls.
+    removal_lock_ttl_s: float = Field(default=300.0, gt=0)
+    # Compensation passes that leave target-side clean-up undone before the move is given up
+    # as failed (what stays behind is named). Steps that make the source serve are retried
+    # for as long as it takes: the move stays rolling_back until they are done.
+    compensation_max_passes: int = Field(default=5, ge=1)
     ready_timeout_s: float = Field(default=15.0, gt=0)
     event_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     # The Redis URL as the applications' state agents reach it (in the lab: through the host
@@ -63,6 +69,11 @@ class Settings(BaseSettings):
     precopy_small_bytes: int = Field(default=1 << 20, ge=0,
                                      description="a round this small ends the pre-copy")
     state_stall_timeout_s: float = Field(default=30.0, gt=0)
+    # Seals the cluster credentials a join or unjoin stores for its task (AES-256-GCM): 32
+    # bytes in base64, e.g. from ``openssl rand -base64 32``. Needed in production (nothing
+    # is stored without it); in development it is derived from the Redis URL when unset
+    # (mobility.store.credentials.Sealer.from_settings). Never printed.
+    credentials_key: SecretStr = SecretStr("")
 
     @property
     def agents_redis_url(self) -> str:

@@ -68,8 +68,9 @@ def _fail(move_id: str, epoch: int, phase: Phase, exc: BaseException) -> None:
     log.error("move %s: %s failed: %s", move_id, phase, exc)
     reason = f"{phase} failed: {exc}"
     move = registry().get_move(move_id)
-    if move.cutover_confirmed and phase == Phase.RELEASE:
-        # Forward only: the target serves; leave the move for the reaper to retry RELEASE.
+    if move.cutover_confirmed or move.forward_only:
+        # Forward only: the target serves (or may have); the reaper finishes the move when
+        # the lease runs out, running the phase again (each is idempotent).
         return
     compensate.apply_async((move_id, epoch, reason), queue=ORCHESTRATION,
                            expires=PHASE_EXPIRES_S)

@@ -51,7 +51,7 @@ def abort_move(move_id: str, registry: RegistryDep, engine: RequestsDep) -> Move
     move = registry.get_move(move_id)
     if move.status.terminal:
         raise Conflict(f"move {move_id} already ended ({move.status}); nothing to abort")
-    if move.cutover_confirmed:
+    if move.cutover_confirmed or move.forward_only:
         raise Conflict(f"move {move_id} is past its confirmed cutover and only goes "
                        "forward now")
     return MoveOut.of(engine.request_abort(move_id))

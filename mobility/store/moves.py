@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -32,6 +32,10 @@ _CREATE_MOVE = """
 if redis.call('exists', KEYS[2]) == 0 then return {0, ''} end
 local owner = redis.call('get', KEYS[1])
 if owner then return {-1, owner} end
+for i = 6, #KEYS do
+  local peer = redis.call('get', KEYS[i])
+  if peer then return {-2, ARGV[3 + i - 5]} end
+end
 redis.call('set', KEYS[1], ARGV[1])
 redis.call('set', KEYS[3], ARGV[2])
 redis.call('zadd', KEYS[4], ARGV[3], ARGV[1])
@@ -39,10 +43,35 @@ redis.call('sadd', KEYS[5], ARGV[1])
 return {1, ARGV[1]}
 """
 
+# The move's lease: a worker's token, or "handoff:<epoch>" while a phase's task is on its way
+# (any task of that epoch may take it then). Taken only when free, handed over, or already
+# ours; refreshed only while ours.
+_ACQUIRE_LEASE = """
+local cur = redis.call('get', KEYS[1])
+if (not cur) or cur == ARGV[1] or cur == ARGV[3] then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_REFRESH_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('set', KEYS[1], ARGV[3], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 _RELEASE_LOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+def handoff(epoch: int) -> str:
+    """The lease's value while a phase's task is on its way: any task of ``epoch`` takes it."""
+    return f"handoff:{epoch}"
 
 
 def new_move_id() -> str:
@@ -63,15 +92,19 @@ class MoveStore(StoreBase):
         super().__init__(client)
         self._create_move = self.r.register_script(_CREATE_MOVE)
         self._release_lock = self.r.register_script(_RELEASE_LOCK)
+        self._acquire_lease = self.r.register_script(_ACQUIRE_LEASE)
+        self._refresh_lease = self.r.register_script(_REFRESH_LEASE)
 
     # --- moves ---
 
-    def create_move(self, move: Move) -> Move:
-        """Record a new move and take the service's lock, atomically."""
+    def create_move(self, move: Move, *, peers: Sequence[str] = ()) -> Move:
+        """Record a new move and take the service's lock, atomically; refused while the
+        service or any of its link ``peers`` is locked (moving or being removed), so moves of
+        linked services never wire against each other's old instance."""
         status, owner = self._create_move(
             keys=[keys.service_lock(move.service), keys.service(move.service), keys.move(move.id),
-                  keys.MOVES, keys.ACTIVE_MOVES],
-            args=[move.id, pack(move.to_dict()), move.created_at],
+                  keys.MOVES, keys.ACTIVE_MOVES, *[keys.service_lock(p) for p in peers]],
+            args=[move.id, pack(move.to_dict()), move.created_at, *peers],
         )
         if status == 0:
             raise NotFound(f"service {move.service!r} does not exist")
@@ -79,6 +112,9 @@ class MoveStore(StoreBase):
             raise Conflict(
                 f"service {move.service!r} is already moving (move {owner.decode()})"
             )
+        if status == -2:
+            raise Conflict(f"service {move.service!r} is linked to {owner.decode()!r}, which is "
+                           "moving or being removed; try again when that has ended")
         return move
 
     def get_move(self, move_id: str) -> Move:
@@ -161,15 +197,17 @@ class MoveStore(StoreBase):
         def hold(pipe: Pipeline, m: Move, seen: dict[str, bytes | None]) -> None:
             if seen.get(lease) is not None:
                 raise StaleEpoch(f"move {move_id} is leased again: someone took it over")
-            pipe.set(lease, token, px=int(ttl_s * 1000))
+            pipe.set(lease, handoff(m.epoch), px=int(ttl_s * 1000))
 
         return self.update_move(move_id, bump, epoch=epoch, _also=hold, _watch=(lease,))
 
     # --- locks ---
 
-    def take_lock(self, service: str, owner: str) -> bool:
-        """Take a service's lock for work other than a move (its removal)."""
-        return bool(self.r.set(keys.service_lock(service), owner, nx=True))
+    def take_lock(self, service: str, owner: str, *, ttl_s: float) -> bool:
+        """Take a service's lock for work other than a move (its removal). It expires: a
+        worker killed mid-removal never leaves the service locked for ever."""
+        return bool(self.r.set(keys.service_lock(service), owner, nx=True,
+                               px=int(ttl_s * 1000)))
 
     def release_lock(self, service: str, owner: str) -> None:
         self._release_lock(keys=[keys.service_lock(service)], args=[owner])
@@ -188,7 +226,23 @@ class MoveStore(StoreBase):
     # --- leases ---
 
     def hold_lease(self, move_id: str, token: str, ttl_s: float) -> None:
+        """Set the lease unconditionally (tests, and tools that know no one else runs)."""
         self.r.set(keys.move_lease(move_id), token, px=int(ttl_s * 1000))
+
+    def acquire_lease(self, move_id: str, token: str, *, epoch: int, ttl_s: float) -> bool:
+        """Take the lease if it is free, handed over to ``epoch``, or ours already."""
+        return bool(self._acquire_lease(keys=[keys.move_lease(move_id)],
+                                        args=[token, int(ttl_s * 1000), handoff(epoch)]))
+
+    def refresh_lease(self, move_id: str, token: str, *, ttl_s: float,
+                      value: str | None = None) -> bool:
+        """Extend the lease while it is ours (``value``: hand it over instead); False when
+        someone else holds it now."""
+        return bool(self._refresh_lease(keys=[keys.move_lease(move_id)],
+                                        args=[token, int(ttl_s * 1000), value or token]))
+
+    def release_lease(self, move_id: str, token: str) -> None:
+        self._release_lock(keys=[keys.move_lease(move_id)], args=[token])
 
     def lease_alive(self, move_id: str) -> bool:
         return bool(self.r.exists(keys.move_lease(move_id)))

@@ -196,3 +196,53 @@ def test_moving_the_session_client_loses_nothing(api: httpx.Client, lab_stack: S
     old = json.loads((old_dir / "probe.json").read_text())  # written as it was released
     assert_clean(s.finish())
     assert old["lost"] == 0 and old["counters_ok"] is True, old
+
+
+def test_cutover_run_twice_never_reships_the_delta(api: httpx.Client, lab_stack: Stack) -> None:
+    """C1: CUTOVER retried after its work was done (a retryable error at its end): the second
+    run skips the delta it shipped; the target's newer writes survive (counters continue)."""
+    s = Sessions(api, lab_stack, "twice", state_mb=8, dirty_rate=5)
+    r = api.post("/v1/moves", json={"service": s.svc, "to_cluster": "edge",
+                                    "faults": ["flaky:cutover"]})
+    move_id = r.json()["id"]
+    move = wait_terminal(api, move_id)
+    assert move["status"] == "succeeded", move
+    assert move["epoch"] == 0, move  # retried in place
+    assert move["cutover_steps"] == ["delta_shipped", "target_resumed", "switched"], move
+    finals = [line for line in _events(api, move_id) if line == "final_delta"]
+    assert len(finals) == 1, "the final delta was shipped twice"
+    s.wait_answers(300)
+    assert_clean(s.finish())
+
+
+def test_killed_after_the_switch_a_stateful_move_goes_forward(
+        api: httpx.Client, lab_stack: Stack) -> None:
+    """C2: once the peers were switched the target may have taken writes: a worker killed
+    then does not roll back (that would lose them); the move finishes forward."""
+    from tests.integration.test_faults import kill_orchestrator
+
+    s = Sessions(api, lab_stack, "fwd", state_mb=8, dirty_rate=5)
+    source = s.instance()
+    r = api.post("/v1/moves", json={"service": s.svc, "to_cluster": "edge",
+                                    "faults": ["pause:switched"]})
+    move_id = r.json()["id"]
+    wait_event(api, move_id, "fault_paused", "cutover")
+    assert api.get(f"/v1/moves/{move_id}").json()["forward_only"] is True
+    s.wait_answers(200)  # the target serves (and takes writes) now
+    assert api.post(f"/v1/moves/{move_id}/abort").status_code == 409  # too late to undo
+    kill_orchestrator(lab_stack)
+    move = wait_terminal(api, move_id, timeout=120)
+    assert move["status"] == "succeeded", move
+    assert move["epoch"] >= 1
+    assert s.instance()["cluster"] == "edge" and s.instance()["pod"] != source["pod"]
+    s.wait_answers(300)
+    assert_clean(s.finish())
+
+
+def _events(api: httpx.Client, move_id: str) -> list[str]:
+    kinds = []
+    with api.stream("GET", f"/v1/moves/{move_id}/events") as resp:
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                kinds.append(line[7:])
+    return kinds

@@ -149,3 +149,35 @@ def test_two_reapers_at_once_take_a_lost_move_exactly_once(registry: Registry) -
         assert len(mine) == 1, (round_, taken)
         assert registry.get_move(move.id).epoch == 1
         registry.finish_move(move.id, MoveStatus.FAILED)
+
+
+def test_the_lease_is_exclusive_and_a_worker_that_loses_it_knows(registry: Registry) -> None:
+    from mobility.errors import LeaseLost
+    from mobility.moving import Engine
+    from mobility.settings import Settings
+
+    engine = Engine(registry=registry, federation=_Untouched(),  # type: ignore[arg-type]
+                    wiring=_Untouched(), state_agents=_Untouched(),  # type: ignore[arg-type]
+                    settings=Settings(lease_ttl_s=0.6, lease_handoff_s=5))
+    move = _moving(registry, "svc-lease")
+    registry.r.delete(keys.move_lease(move.id))
+    with engine.lease(move.id, 0) as held:
+        # a second worker (a redelivered task) cannot take it while it is held
+        with pytest.raises(LeaseLost), engine.lease(move.id, 0):
+            pass
+        # a takeover (the reaper, after a stall) replaces it: the holder sees it is lost
+        registry.r.set(keys.move_lease(move.id), "someone-else", px=5000)
+        assert held.lost.wait(5), "the holder never noticed it lost the lease"
+        with pytest.raises(LeaseLost):
+            held.check()
+    assert registry.r.get(keys.move_lease(move.id)) == b"someone-else"  # left to its owner
+    registry.r.delete(keys.move_lease(move.id))
+    with engine.lease(move.id, 0):
+        pass
+    # handed over to the next phase's task of the same epoch, and only to it
+    assert registry.r.get(keys.move_lease(move.id)) == b"handoff:0"
+    with pytest.raises(LeaseLost), engine.lease(move.id, 1):
+        pass
+    with engine.lease(move.id, 0):
+        pass
+    registry.finish_move(move.id, MoveStatus.FAILED)
