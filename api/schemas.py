@@ -46,14 +46,49 @@ class OperationOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
+    """Every error answer but a 422: one sentence a person can act on."""
+
     detail: str
 
 
-# The error answers every route may give, declared so the OpenAPI says what comes back.
-ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorOut, "description": "something the request names does not exist"},
-    409: {"model": ErrorOut, "description": "the request clashes with the current state"},
+class Issue(BaseModel):
+    """One thing wrong with a request's shape: where (``loc``: "body", "query", "path" or
+    "header", then the field's path), what, and its kind (pydantic's error type)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(BaseModel):
+    """422: a request's shape is wrong (``detail``: the issues, from its schema) or its content
+    is (``detail``: a sentence, from a check the schema cannot state, such as a window that
+    ends before it starts)."""
+
+    detail: list[Issue] | str
+
+
+_WHY: dict[int, str] = {
+    400: "a malformed Content-Length, or a body that is not UTF-8 text",
+    401: "no token, or an unknown, revoked or expired one",
+    403: "the token's role is too low, or a state-changing request from a browser origin "
+         "not allowed",
+    404: "something the request names does not exist",
+    409: "the request clashes with the current state",
+    413: "the body is larger than MOBILITY_API_MAX_BODY_BYTES",
+    422: "the request is malformed (the issues) or its content is refused (a sentence)",
+    429: "too many requests of this kind for this token this minute (see Retry-After)",
 }
+
+
+def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI declaration of these error answers, with the bodies the handlers send."""
+    return {c: {"model": ValidationErrorOut if c == 422 else ErrorOut, "description": _WHY[c]}
+            for c in codes}
+
+
+# The error answers every route may give, declared so the OpenAPI says what comes back.
+ERRORS: dict[int | str, dict[str, Any]] = answers(404, 409)
 
 
 class Accepted(BaseModel):
@@ -131,6 +166,9 @@ class ServiceRequest(BaseModel):
     cluster: Name
     params: dict[str, float | int] = Field(default_factory=dict, max_length=16)
     peers: list[Name] = Field(default_factory=list, max_length=16)
+    faults: list[Literal["pause:deploy"]] = Field(
+        default_factory=list, max_length=1,
+        description="hold the deploy with its pod placed (fault injection only)")
 
 
 class LinkOut(BaseModel):

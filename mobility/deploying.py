@@ -6,10 +6,12 @@ kept for the link's life: moves reuse it so peers never see a new address.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from mobility import chains, planning, workloads
 from mobility.chains import Chain
@@ -17,7 +19,7 @@ from mobility.errors import Conflict, FederationError, Invalid, MobilityError, N
 from mobility.models import Instance, Link, LinkEnd, Params, Service
 from mobility.ports import Federation, Wiring
 from mobility.settings import Settings
-from mobility.store import Registry
+from mobility.store import Job, Registry
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,77 @@ class Deployer:
         self.wiring = wiring
         self.settings = settings
 
+    # --- journals: a dead worker's half-done deploy or removal is finished by the reaper ---
+
+    @contextlib.contextmanager
+    def _journal(self, job: Job) -> Iterator[Callable[[Job], None]]:
+        """Keep ``job`` journaled, its lease refreshed, while the body runs; the body may
+        record progress through the function it gets. The entry goes when the body ends
+        (done, or undone by its own error handling)."""
+        ttl = self.settings.lease_ttl_s
+        self.registry.put_job(job, ttl_s=ttl)
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(ttl / 3):
+                with contextlib.suppress(Exception):
+                    self.registry.refresh_job(job.kind, job.name, ttl_s=ttl)
+
+        t = threading.Thread(target=refresh, name=f"job-{job.kind}-{job.name}", daemon=True)
+        t.start()
+        try:
+            yield lambda progress: self.registry.put_job(progress, ttl_s=ttl)
+        finally:
+            stop.set()
+            t.join()
+            self.registry.end_job(job.kind, job.name)
+
+    def reap_jobs(self) -> list[str]:
+        """Finish or undo what dead workers left half done: a deploy is undone (its pod, its
+        link ends on the peers, its links and record go), a removal finished, a chain's
+        deployed elements removed with its record. Returns what was done."""
+        done = []
+        for job in self.registry.lost_jobs():
+            try:
+                if job.kind == "deploy":
+                    self._undo_lost_deploy(job)
+                elif job.kind == "remove":
+                    svc = self.registry.get_service(job.name)
+                    if svc is not None:
+                        self._remove(svc)
+                elif job.kind == "chain":
+                    chain = self.registry.get_chain(job.name)
+                    for name in chain.services if chain else []:
+                        svc = self.registry.get_service(name)
+                        if svc is not None:
+                            self._remove(svc)
+                    self.registry.delete_chain(job.name)
+            except MobilityError as exc:
+                log.error("could not finish the %s of %s (retried): %s", job.kind, job.name, exc)
+                continue
+            self.registry.end_job(job.kind, job.name)
+            log.warning("finished the %s of %s its worker left half done", job.kind, job.name)
+            done.append(f"{job.kind}:{job.name}")
+        return done
+
+    def _undo_lost_deploy(self, job: Job) -> None:
+        links = []
+        for link_id in job.links:
+            try:
+                link = self.registry.get_link(link_id)
+            except NotFound:
+                continue
+            peer = self.registry.get_service(link.peer_of(job.name).service)
+            if peer is not None:
+                links.append((link, peer))
+        if job.instance is not None:
+            self._undo(job.name, job.instance, links)
+        else:
+            self.registry.delete_service(job.name)
+
     def deploy(self, *, name: str, workload: str, params: Params, cluster: str,
                peers: list[str], start: bool = True, target: str | None = None,
-               chain: str | None = None) -> Service:
+               chain: str | None = None, faults: Sequence[str] = ()) -> Service:
         """Deploy a service with a link to each peer.
 
         ``start=False`` leaves the workload unstarted (a chain starts its client once every
@@ -113,6 +183,15 @@ class Deployer:
         )
         instance = Instance(cluster=cluster, node=node.name,
                             pod=f"{name}-{self.registry.next_pod_index()}")
+        with self._journal(Job(kind="deploy", name=name, instance=instance)) as progress:
+            return self._deploy(name=name, workload=workload, params=params, start=start,
+                                target=target, chain=chain, instance=instance,
+                                peer_svcs=peer_svcs, progress=progress, faults=faults)
+
+    def _deploy(self, *, name: str, workload: str, params: Params, start: bool,
+                target: str | None, chain: str | None, instance: Instance,
+                peer_svcs: list[Service], progress: Callable[[Job], None],
+                faults: Sequence[str]) -> Service:
         svc = Service(name=name, workload=workload, params=params, chain=chain)
         self.registry.put_service(svc, create=True)
 
@@ -128,6 +207,8 @@ class Deployer:
                 )
                 self.registry.put_link(link)
                 links.append((link, peer))
+                progress(Job(kind="deploy", name=name, instance=instance,
+                             links=tuple(lk.id for lk, _ in links)))
             if workload in workloads.CLIENTS:
                 link, peer = links[0]
                 svc.params["target"] = target or (
@@ -144,6 +225,8 @@ class Deployer:
                 self.wiring.create_end(link=link, service=peer.name, instance=peer.instance,
                                        peer_instance=instance)
                 self.registry.update_service(peer.name, _add_link(link.id))
+            if "pause:deploy" in faults:  # fault injection: hold with the pod placed
+                self.registry.wait_pause_released(f"deploy-{name}", timeout=120)
             if start:
                 self.federation.start(instance=instance, workload=workload, params=svc.params)
                 self.federation.wait_ready(instance=instance,
@@ -182,7 +265,11 @@ class Deployer:
         taken = sorted(set(chain.services) & existing)
         if taken:
             raise Conflict(f"services {taken} already exist")
-        self.registry.put_chain(chain)
+        with self._journal(Job(kind="chain", name=chain.name)):
+            self.registry.put_chain(chain)
+            return self._deploy_chain(chain, rate=rate)
+
+    def _deploy_chain(self, chain: Chain, *, rate: float) -> list[Service]:
         deployed: list[str] = []
         try:
             elements = list(chain.elements)
@@ -250,9 +337,10 @@ class Deployer:
             raise Conflict(f"service {name!r} is moving (move {svc.moving}); abort the move or "
                            "wait for it to end")
         # Holding the lock keeps node agents' reconcilers off this service and its peers'
-        # ends towards it while they are taken apart.
+        # ends towards it while they are taken apart; the journal lets the reaper finish it.
         try:
-            self._remove(svc)
+            with self._journal(Job(kind="remove", name=name)):
+                self._remove(svc)
         finally:
             self.registry.release_lock(name, owner)
 

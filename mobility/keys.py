@@ -30,6 +30,19 @@ TOKENS = f"{PREFIX}tokens"  # set of API token ids
 BENCH_VALUE = f"{PREFIX}bench:value"  # the value bench/state.py SETs and GETs for its baseline
 
 
+JOBS = f"{PREFIX}jobs"  # set of "<kind>:<name>" deploy/removal journals
+
+
+def job(kind: str, name: str) -> str:
+    """A deploy's, chain deploy's or removal's journal entry."""
+    return f"{PREFIX}job:{kind}:{name}"
+
+
+def job_lease(kind: str, name: str) -> str:
+    """Held (and refreshed) by the worker doing the job; gone when it died."""
+    return f"{PREFIX}lease:job:{kind}:{name}"
+
+
 def token(token_id: str) -> str:
     """An API token's record (its digest, never the token)."""
     return f"{PREFIX}token:{token_id}"
@@ -112,3 +125,118 @@ def reconcile_passes(node: str) -> str:
 
 def service_lock(name: str) -> str:
     return f"{PREFIX}lock:service:{name}"
+
+
+def credentials(cred_id: str) -> str:
+    """A caller's cluster credentials, sealed (AES-GCM), for one join or unjoin (expires)."""
+    return f"{PREFIX}cred:{cred_id}"
+
+
+# --- identity allocation across Redis restarts (mobility.store.identities) ---
+
+IDENTITY_RUN = f"{PREFIX}seq:run"  # the Redis run (INFO run_id) whose counters were last checked
+
+
+# --- the Redis ACL's key patterns (mobility.store.acl) ---
+
+
+def state_pattern(move_id: str) -> str:
+    """Every key of one move's state transfer (``mob:state:<move>:*``): its ACL user's keys."""
+    return state_frames(move_id).removesuffix("frames") + "*"
+
+
+# Celery's and kombu's own keys: named by them, not built by this project; listed here so the
+# ACL (which must grant them) still names every key in one module.
+CELERY_RESULT_PREFIX = "celery-task-meta-"  # a task's result, and the channel announcing it
+KOMBU_BINDING_PREFIX = "_kombu.binding."  # an exchange's routing table: "<exchange>"
+KOMBU_BINDING_PERMANENT_PREFIX = "_kombu.binding_permanent."
+KOMBU_BINDING_DEADLINES = "_kombu.binding_deadlines"  # expiring queues' routing tables
+KOMBU_UNACKED = ("unacked", "unacked_index", "unacked_mutex")  # shared by every consumer
+KOMBU_PRIORITY_SEP = "\x06\x16"  # a queue's priority lists are "<queue>\x06\x16<priority>"
+
+
+def queue_keys(queue: str) -> tuple[str, str]:
+    """A Celery queue's lists: the queue itself and its priority lists (a glob)."""
+    return queue, f"{queue}{KOMBU_PRIORITY_SEP}*"
+
+
+KOMBU_FANOUT_PREFIX = "/{db}."  # a fanout exchange's pub/sub channels: "/<db>.<exchange>..."
+CELERY_PIDBOX = "celery.pidbox"  # remote control's fanout exchange (broadcasts to workers)
+CELERY_PIDBOX_REPLY = "reply.celery.pidbox"  # the exchange workers answer remote control on
+CELERY_EVENTS = "celeryev"  # the events' fanout exchange (worker heartbeats)
+
+
+def pidbox_queue(worker: str) -> str:
+    """A worker's remote-control queue (``worker``: its node name, or a glob of names)."""
+    return f"{worker}.{CELERY_PIDBOX}"
+
+
+# --- what a key component taken from input may be (step 7: no separator ever reaches a key) ---
+
+import re as _re  # noqa: E402  (kept beside the rules it serves: this module is append-only)
+
+# A name, region, policy id... that becomes part of a key: lowercase letters, digits, '.', '_'
+# and '-', starting with a letter or digit, at most 63 characters. No ':' (the key separator),
+# no '|' (the signal key's), no '*' or '?' (Redis globs), no whitespace.
+SAFE_COMPONENT = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+# Policy ids were always allowed capitals (mobility.policies); still no separator.
+SAFE_POLICY_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# What mobility.store.moves.new_move_id() makes, and nothing else (":events" is the move's
+# event stream: a move id that ended so would read another key's type).
+MOVE_ID = r"^mv-[0-9]{14}-[0-9a-f]{6}$"
+STREAM_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"  # a Redis stream entry id (each part < 2**64)
+SIGNAL_SEP = "|"
+SIGNAL_OWNERS_PREFIX = f"{PREFIX}signals:of:"
+
+_SAFE = _re.compile(SAFE_COMPONENT)
+_SAFE_POLICY = _re.compile(SAFE_POLICY_ID)
+_MOVE = _re.compile(MOVE_ID)
+
+
+def safe_component(value: object) -> bool:
+    """Whether ``value`` may be part of a key (see :data:`SAFE_COMPONENT`)."""
+    return isinstance(value, str) and _SAFE.fullmatch(value) is not None
+
+
+def safe_policy_id(value: object) -> bool:
+    return isinstance(value, str) and _SAFE_POLICY.fullmatch(value) is not None
+
+
+def valid_move_id(value: object) -> bool:
+    return isinstance(value, str) and _MOVE.fullmatch(value) is not None
+
+
+def signal_checked(series: str, cluster: str, service: str | None, region: str | None) -> str:
+    """:func:`signal`, refusing (ValueError) any component outside :data:`SAFE_COMPONENT`, so
+    what :func:`parse_signal` reads back is always what was written."""
+    for what, part in (("series", series), ("cluster", cluster), ("service", service),
+                       ("region", region)):
+        if part is not None and not safe_component(part):
+            raise ValueError(f"{what} {part!r} cannot be part of a key: it must match "
+                             f"{SAFE_COMPONENT}")
+    return signal(series, cluster, service, region)
+
+
+def parse_signal(key: str) -> tuple[str, str, str | None, str | None] | None:
+    """``(series, cluster, service, region)`` of a key :func:`signal` made, or None for a key
+    that is not one (another prefix, a wrong number of parts, a part outside the alphabet).
+    Never raises: a reader skips what it cannot parse instead of failing on it."""
+    if not key.startswith(SIGNAL_PREFIX):
+        return None
+    parts = key[len(SIGNAL_PREFIX):].split(SIGNAL_SEP)
+    if len(parts) != 4:
+        return None
+    series, cluster, service, region = parts
+    if not (safe_component(series) and safe_component(cluster)):
+        return None
+    if (service and not safe_component(service)) or (region and not safe_component(region)):
+        return None
+    return series, cluster, service or None, region or None
+
+
+def signal_owner(cluster: str, service: str | None) -> str:
+    """The set of the series keys a service (or, for cluster-level series, a cluster) holds:
+    what bounds how many distinct series one owner may have."""
+    if service is not None:
+        return f"{SIGNAL_OWNERS_PREFIX}service:{service}"
+    return f"{SIGNAL_OWNERS_PREFIX}cluster:{cluster}"

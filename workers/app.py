@@ -46,6 +46,8 @@ def configure(app: Celery, url: str) -> None:
                            "options": {"expires": 10 * REAP_EVERY_S}},
             "policies-tick": {"task": "policies.tick", "schedule": POLICY_TICK_S,
                               "options": {"expires": 10 * POLICY_TICK_S}},
+            "reap-jobs": {"task": "jobs.reap", "schedule": REAP_EVERY_S,
+                          "options": {"expires": 10 * REAP_EVERY_S}},
         },
         # Beat keeps its schedule in Redis (celery-redbeat), so the rebalancing cron set
         # through the API reaches the running beat without a restart.

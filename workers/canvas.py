@@ -32,6 +32,7 @@ DEPLOY_SERVICE = "services.deploy"
 REMOVE_SERVICE = "services.remove"
 DEPLOY_CHAIN = "chains.deploy"
 REMOVE_CHAIN = "chains.remove"
+REAP_JOBS = "jobs.reap"
 JOIN_CLUSTER = "clusters.join"
 UNJOIN_CLUSTER = "clusters.unjoin"
 

@@ -13,7 +13,7 @@ from mobility.chains import Chain
 from mobility.deploying import Deployer
 from mobility.errors import Invalid, MobilityError, Wire, to_wire
 from workers.app import app
-from workers.canvas import DEPLOY_CHAIN, DEPLOY_SERVICE, REMOVE_CHAIN, REMOVE_SERVICE
+from workers.canvas import DEPLOY_CHAIN, DEPLOY_SERVICE, REAP_JOBS, REMOVE_CHAIN, REMOVE_SERVICE
 from workers.moves import engine
 from workers.operating import run_operation
 
@@ -36,9 +36,13 @@ def _deploy(spec: Mapping[str, object]) -> Wire:
         peers = spec.get("peers") or []
         if not isinstance(params, Mapping) or not isinstance(peers, list):
             raise Invalid("params must be a mapping and peers a list")
+        faults = spec.get("faults") or []
+        if not isinstance(faults, list):
+            raise Invalid("faults must be a list")
         svc = deployer().deploy(name=str(spec["name"]), workload=str(spec["workload"]),
                                 params=dict(params), cluster=str(spec["cluster"]),
-                                peers=[str(p) for p in peers])
+                                peers=[str(p) for p in peers],
+                                faults=[str(f) for f in faults])
     except MobilityError as exc:
         return to_wire(exc)
     return {"ok": True, "location": f"/v1/services/{svc.name}"}
@@ -74,6 +78,12 @@ def _remove_chain(name: str) -> Wire:
     except MobilityError as exc:
         return to_wire(exc)
     return {"ok": True}
+
+
+@app.task(name=REAP_JOBS)
+def reap_jobs() -> list[str]:
+    """Finish or undo deploys and removals whose worker died (beat, every few seconds)."""
+    return deployer().reap_jobs()
 
 
 @app.task(name=REMOVE_SERVICE, soft_time_limit=120)

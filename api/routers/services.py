@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from api.deps import RegistryDep
+from api.deps import RegistryDep, SettingsDep
 from api.schemas import ERRORS, Accepted, LinkOut, OperationOut, ServiceOut, ServiceRequest
-from mobility.errors import Conflict, NotFound
+from mobility.errors import Conflict, Invalid, NotFound
 from mobility.models import Service
 from mobility.store import Registry
 from workers import canvas
@@ -38,9 +38,13 @@ def get_service(name: str, registry: RegistryDep) -> ServiceOut:
 
 
 @router.post("", status_code=202, responses=ERRORS)
-def create_service(body: ServiceRequest, registry: RegistryDep, response: Response) -> Accepted:
+def create_service(body: ServiceRequest, registry: RegistryDep, response: Response,
+                   settings: SettingsDep) -> Accepted:
     """Queue the deploy (202); ``GET`` the operation until it ends. What can be checked here
     is: a name in use (409), an unknown cluster or peer (404)."""
+    if body.faults and not settings.fault_injection:
+        raise Invalid("fault injection is off (set MOBILITY_FAULT_INJECTION=1 on a test "
+                      "deployment to use 'faults')")
     if registry.get_service(body.name) is not None:
         raise Conflict(f"service {body.name!r} already exists")
     if registry.get_cluster(body.cluster) is None:

@@ -5,7 +5,8 @@
 - ``automation``: signal series, policies, rebalancing configuration and last run;
 - ``chains``: service chains;
 - ``operations``: long operations (deploys, joins) that callers poll instead of waiting;
-- ``tokens``: API token digests and rate windows.
+- ``tokens``: API token digests and rate windows;
+- ``jobs``: journals of deploys and removals, so a dead worker's half-done one is finished.
 
 Each part is a class of its own over :class:`~mobility.store.base.StoreBase` and can be used
 alone; :class:`Registry` is all of them over one connection, because a phase reads the fleet
@@ -21,16 +22,18 @@ from mobility.store.automation import AutomationStore, RebalanceRun
 from mobility.store.base import StoreBase
 from mobility.store.chains import ChainStore
 from mobility.store.fleet import FleetStore
+from mobility.store.jobs import Job, JobStore
 from mobility.store.moves import EventBatch, MoveStore, new_move_id
 from mobility.store.operations import OperationStore
 from mobility.store.tokens import TokenStore
 
-__all__ = ["AutomationStore", "ChainStore", "EventBatch", "FleetStore", "MoveStore",
-           "OperationStore", "RebalanceRun", "Registry", "StoreBase", "TokenStore",
-           "new_move_id"]
+__all__ = ["AutomationStore", "ChainStore", "EventBatch", "FleetStore",
+           "Job", "JobStore", "MoveStore", "OperationStore", "RebalanceRun", "Registry",
+           "StoreBase", "TokenStore", "new_move_id"]
 
 
-class Registry(FleetStore, MoveStore, AutomationStore, ChainStore, OperationStore, TokenStore):
+class Registry(FleetStore, MoveStore, AutomationStore, ChainStore, OperationStore, TokenStore,
+               JobStore):
     """The whole registry over one Redis connection."""
 
     @classmethod

@@ -9,7 +9,8 @@ rolled back; a move of a service whose link peer is moving is refused (409); the
 a young pending move alone (its first task may still be queued) and rolls back one whose task
 chain was lost; a retryable phase error is retried in place (same epoch, no rollback); the node
 reconciler leaves a moving service and its peers alone, then repairs them once the move has
-ended; routes are re-applied after a link repair.
+ended; routes are re-applied after a link repair; a deploy killed halfway (its pod placed) is
+undone by the reaper from its journal, leaving no pod and freeing its name.
 
 Each pause is an injected ``pause:*`` fault that holds until released or until the worker dies;
 nothing here waits a fixed time for a race to happen.
@@ -284,3 +285,39 @@ def test_routes_are_reapplied_after_a_link_repair(api: httpx.Client, lab_stack: 
         assert has_route(), f"route {route} not re-applied after the repair"
     finally:
         assert api.delete("/v1/chains/rr").status_code == 204
+
+
+def test_a_deploy_killed_halfway_is_undone_and_frees_its_name(
+        lab_stack: Stack, registry: Registry) -> None:
+    with lab_stack.api_client(timeout=60, follow=False) as raw:
+        r = raw.post("/v1/services", json={"name": "halfway", "workload": "echo",
+                                           "cluster": "core", "faults": ["pause:deploy"]})
+        assert r.status_code == 202, r.text
+        op_link = r.json()["operation"]["links"]["self"]
+        deadline = time.monotonic() + 30
+        while True:  # held with its pod placed
+            svc = registry.get_service("halfway")
+            jobs = registry.r.smembers("mob:jobs")
+            pods_dir = lab_stack.run_dir / "pods"
+            if svc is not None and b"deploy:halfway" in jobs and pods_dir.exists() and any(
+                    p.name.startswith("halfway-") for p in pods_dir.iterdir()):
+                break
+            assert time.monotonic() < deadline, "the deploy never got to its pause"
+            time.sleep(0.05)
+        pods = [p.name for p in (lab_stack.run_dir / "pods").iterdir()
+                if p.name.startswith("halfway-")]
+        kill_orchestrator(lab_stack)
+        deadline = time.monotonic() + 60
+        while registry.get_service("halfway") is not None:  # the reaper undoes it
+            assert time.monotonic() < deadline, "the half-done deploy was never undone"
+            time.sleep(0.1)
+        for pod in pods:
+            assert not pod_exists(lab_stack, pod), f"orphan pod {pod}"
+        assert b"deploy:halfway" not in registry.r.smembers("mob:jobs")
+        op = raw.get(op_link).json()
+        assert op["status"] in ("running", "failed"), op  # its worker died with it
+    with lab_stack.api_client(timeout=60) as api:  # the name is free again
+        r = api.post("/v1/services", json={"name": "halfway", "workload": "echo",
+                                           "cluster": "core"})
+        assert r.status_code == 201, r.text
+        assert api.delete("/v1/services/halfway").status_code == 204
