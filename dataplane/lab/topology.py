@@ -353,8 +353,15 @@ def recorded_pid(run_dir: Path, role: str) -> int | None:
 
 
 def stop_recorded_processes(pid_dir: Path) -> list[int]:
+    """End the recorded processes, a supervisor first (it would restart the others)."""
     pids = []
     if pid_dir.is_dir():
+        first = pid_dir / "supervisor.json"
+        if first.exists():
+            pid = recorded_pid(pid_dir.parent, "supervisor")
+            first.unlink(missing_ok=True)
+            if pid is not None:
+                terminate([pid])
         for path in sorted(pid_dir.glob("*.json")):
             pid = recorded_pid(pid_dir.parent, path.stem)
             if pid is not None:

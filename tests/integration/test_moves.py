@@ -177,10 +177,10 @@ def test_orchestrator_killed_mid_move_never_sticks(api: httpx.Client, lab_stack:
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while topology.recorded_pid(lab_stack.run_dir, "orchestrator") is not None:
+    while topology.recorded_pid(lab_stack.run_dir, "orchestrator") == pid:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    lab_stack.ensure_orchestrator()
+    lab_stack.ensure_orchestrator()  # or the supervisor did already
     move = wait_terminal(api, move_id, timeout=90)
     assert move["status"] == expected, move
     where = pair.service()
@@ -215,8 +215,9 @@ def test_api_refuses_bad_moves(api: httpx.Client, lab_stack: Stack) -> None:
     assert move["status"] == "rolled_back" and "abort" in move["error"]
     r = api.post(f"/v1/moves/{first}/abort")
     assert r.status_code == 409
-    assert api.get("/v1/moves/mv-nope").status_code == 404
-    assert api.get("/v1/moves/mv-nope/events").status_code == 404
+    assert api.get("/v1/moves/mv-20000101000000-abcdef").status_code == 404
+    assert api.get("/v1/moves/mv-20000101000000-abcdef/events").status_code == 404
+    assert api.get("/v1/moves/mv-nope:events").status_code == 422  # not a move id
     result = pair.finish()
     assert result["lost"] == 0, result
 
