@@ -20,6 +20,7 @@ from workers.routing import ORCHESTRATION
 log = logging.getLogger(__name__)
 
 REAP_EVERY_S = 2.0
+VISIBILITY_TIMEOUT_S = 3600
 POLICY_TICK_S = 2.0
 
 
@@ -38,7 +39,13 @@ def configure(app: Celery, url: str) -> None:
         task_default_queue=ORCHESTRATION,
         result_expires=3600,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 300},
+        # One rule for time limits and redelivery. The threads pool enforces no Celery time
+        # limit, so none is set: every phase is bounded by its own timeouts (node calls,
+        # readiness, the state channel's stall timeout, the pre-copy round cap), minutes at
+        # most, far below this visibility timeout; so the broker redelivers only a task whose
+        # worker died unacked. A redelivered phase finds the move's lease held by the live
+        # worker (it stops) or the phase done (it skips); a dead worker's move is the reaper's.
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         worker_send_task_events=False,
         beat_schedule={
             # a tick nobody ran in time is dropped: the next one does its work

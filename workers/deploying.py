@@ -25,7 +25,7 @@ def deployer() -> Deployer:
                     settings=e.settings)
 
 
-@app.task(name=DEPLOY_SERVICE, soft_time_limit=120)
+@app.task(name=DEPLOY_SERVICE)
 def deploy(op_id: str, spec: Mapping[str, object]) -> Wire:
     return run_operation(op_id, lambda: _deploy(spec))
 
@@ -48,7 +48,7 @@ def _deploy(spec: Mapping[str, object]) -> Wire:
     return {"ok": True, "location": f"/v1/services/{svc.name}"}
 
 
-@app.task(name=DEPLOY_CHAIN, soft_time_limit=300)
+@app.task(name=DEPLOY_CHAIN)
 def deploy_chain(op_id: str, spec: Mapping[str, object]) -> Wire:
     return run_operation(op_id, lambda: _deploy_chain(spec))
 
@@ -67,7 +67,7 @@ def _deploy_chain(spec: Mapping[str, object]) -> Wire:
             "services": [s.name for s in services]}
 
 
-@app.task(name=REMOVE_CHAIN, soft_time_limit=300)
+@app.task(name=REMOVE_CHAIN)
 def remove_chain(op_id: str, name: str) -> Wire:
     return run_operation(op_id, lambda: _remove_chain(name))
 
@@ -86,7 +86,7 @@ def reap_jobs() -> list[str]:
     return deployer().reap_jobs()
 
 
-@app.task(name=REMOVE_SERVICE, soft_time_limit=120)
+@app.task(name=REMOVE_SERVICE)
 def remove(op_id: str, name: str) -> Wire:
     return run_operation(op_id, lambda: _remove(name))
 

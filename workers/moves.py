@@ -77,7 +77,7 @@ def _fail(move_id: str, epoch: int, phase: Phase, exc: BaseException) -> None:
 
 
 def _phase_task(phase: Phase) -> object:
-    @app.task(name=phase_task(phase), bind=True, max_retries=PHASE_RETRIES, soft_time_limit=120)
+    @app.task(name=phase_task(phase), bind=True, max_retries=PHASE_RETRIES)
     def run(self: _Task, move_id: str, epoch: int) -> bool:
         return _run_phase(self, move_id, epoch, phase)
 
@@ -92,7 +92,7 @@ def complete(move_id: str, epoch: int) -> str:
     return str(engine().complete(move_id, epoch).status)
 
 
-@app.task(name=COMPENSATE, soft_time_limit=120)
+@app.task(name=COMPENSATE)
 def compensate(move_id: str, epoch: int, reason: str) -> str:
     try:
         return str(engine().compensate(move_id, epoch, error=reason).status)
