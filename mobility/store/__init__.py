@@ -21,19 +21,20 @@ import redis
 from mobility.store.automation import AutomationStore, RebalanceRun
 from mobility.store.base import StoreBase
 from mobility.store.chains import ChainStore
+from mobility.store.credentials import CredentialStore
 from mobility.store.fleet import FleetStore
 from mobility.store.jobs import Job, JobStore
 from mobility.store.moves import EventBatch, MoveStore, new_move_id
 from mobility.store.operations import OperationStore
 from mobility.store.tokens import TokenStore
 
-__all__ = ["AutomationStore", "ChainStore", "EventBatch", "FleetStore",
+__all__ = ["AutomationStore", "ChainStore", "CredentialStore", "EventBatch", "FleetStore",
            "Job", "JobStore", "MoveStore", "OperationStore", "RebalanceRun", "Registry",
            "StoreBase", "TokenStore", "new_move_id"]
 
 
 class Registry(FleetStore, MoveStore, AutomationStore, ChainStore, OperationStore, TokenStore,
-               JobStore):
+               CredentialStore, JobStore):
     """The whole registry over one Redis connection."""
 
     @classmethod

@@ -5,20 +5,32 @@ a service account, a token secret filled by the member's token controller, a clu
 its binding; in the host: a secret with that token and a KubeFedCluster with the member's
 endpoint and CA) and the KubeFed controller reports the cluster Ready; the adapter reaches the
 member with those credentials; join is idempotent; unjoin leaves both clusters exactly as they
-were; unjoining a cluster that still runs an instance is refused.
+were; unjoining a cluster that still runs an instance is refused. A member client built
+from a caller's parsed inline credentials (``KubeClient.from_credentials``, what the worker
+uses; never the kubeconfig loader) joins and unjoins the same way; one with a client
+certificate and key (held in memory files) is authenticated by the API server; TLS is always
+verified (a wrong CA fails to connect, and says so without the server's words).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from mobility.backends.kube.client import KubeClient
 from mobility.backends.kube.membership import KUBEFED_NAMESPACE
-from mobility.errors import FederationError
+from mobility.errors import ClusterUnreachable, FederationError
+from mobility.kubeconfigs import MemberCredentials, parse
 from mobility.models import Instance
 from tests.k8s.conftest import Federated, client
-from tests.k8s.controlplane import ApiServer
+from tests.k8s.controlplane import ApiServer, ControlPlane
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -93,3 +105,75 @@ def test_unjoin_refused_while_an_instance_runs_there(federated: Federated) -> No
     finally:
         fed.unplace(instance=instance)
     assert "holder" not in fed.placements()
+
+
+def inline_client(cp: ControlPlane, name: str) -> KubeClient:
+    """A member client the way the worker makes one: the kubeconfig parsed and checked, the
+    client built from the parsed fields."""
+    creds = parse(cp.kubeconfig.read_text(), context=name)
+    return KubeClient.from_credentials(creds, name=name, timeout=5)
+
+
+def test_join_and_unjoin_with_parsed_inline_credentials(federated: Federated) -> None:
+    cp, fed = federated.cp, federated.federation
+    host, spare = cp.servers["host"], cp.servers["member-c"]
+    before = (snapshot(host, host=True), snapshot(spare, host=False))
+    try:
+        fed.join(name="member-c", member=inline_client(cp, "member-c"), ready_timeout_s=60)
+        kfc = host.get(f"{KFC}/member-c")
+        assert kfc is not None and kfc["spec"]["apiEndpoint"] == spare.endpoint
+        assert base64.b64decode(kfc["spec"]["caBundle"]) == spare.ca.read_bytes()
+        assert "disabledTLSValidations" not in kfc["spec"]
+        assert fed.cluster_ready("member-c")
+    finally:
+        fed.unjoin(name="member-c", member=inline_client(cp, "member-c"))
+    assert (snapshot(host, host=True), snapshot(spare, host=False)) == before
+
+
+def client_certificate(cp: ControlPlane) -> tuple[bytes, bytes]:
+    """A client certificate of the control plane's CA for a cluster admin, and its key."""
+    ca_cert = x509.load_pem_x509_certificate((cp.workdir / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((cp.workdir / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cert-admin"),
+                                     x509.NameAttribute(NameOID.ORGANIZATION_NAME,
+                                                        "system:masters")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def test_a_client_certificate_in_memory_authenticates(federated: Federated) -> None:
+    cp = federated.cp
+    spare = cp.servers["member-c"]
+    cert, key = client_certificate(cp)
+    creds = MemberCredentials(server=spare.endpoint, ca_data=spare.ca.read_bytes(),
+                              client_cert_data=cert, client_key_data=key)
+    member = KubeClient.from_credentials(creds, name="member-c", timeout=5)
+    assert not Path(member.api.configuration.key_file).is_relative_to("/tmp")
+    namespaces = member.request("GET", "/api/v1/namespaces")  # needs an authenticated admin
+    assert "default" in [n["metadata"]["name"] for n in namespaces["items"]]
+    review = member.create("/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                           {"apiVersion": "authentication.k8s.io/v1",
+                            "kind": "SelfSubjectReview"})
+    assert review is not None
+    assert review["status"]["userInfo"]["username"] == "cert-admin"
+
+
+def test_tls_is_verified_with_the_given_ca(federated: Federated) -> None:
+    spare = federated.cp.servers["member-c"]
+    other_ca = client_certificate(federated.cp)[0]  # a certificate, but not the server's CA
+    member = KubeClient.from_credentials(
+        MemberCredentials(server=spare.endpoint, ca_data=other_ca, token=spare.token),
+        name="member-c", timeout=5)
+    with pytest.raises(ClusterUnreachable, match="TLS certificate verification failed"):
+        member.request("GET", "/api/v1/namespaces")

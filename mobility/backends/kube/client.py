@@ -3,6 +3,14 @@
 One place maps HTTP and connection errors to the project's errors (:class:`KubeError`,
 :class:`ClusterUnreachable`, both :class:`FederationError`, retryable or not) and retries 409
 conflicts with tenacity; :func:`write_kubeconfig` writes the kubeconfigs tools and tests use.
+
+An error says the method, the path, the status and the reason, never what the server sent: a
+response body (a Status message, a proxy's error page) is logged at debug level only, because
+errors travel on to API answers and a server a caller named may be anything. Kubeconfigs given
+by callers never reach the ``kubernetes`` loader (it would run ``exec`` plugins and read
+files): :meth:`KubeClient.from_credentials` builds the client from their checked, inline
+credentials (:mod:`mobility.kubeconfigs`); :meth:`KubeClient.from_kubeconfig` is for the
+operator's own kubeconfig only.
 """
 
 from __future__ import annotations
@@ -10,10 +18,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import http
 import json
+import logging
 import os
+import re
+import ssl
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -31,14 +44,75 @@ from tenacity import (
 )
 
 from mobility.errors import ClusterUnreachable, FederationError, KubeError
+from mobility.kubeconfigs import MemberCredentials
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+_STATUS_REASON = re.compile(r"^[A-Za-z]{1,64}$")  # a Kubernetes StatusReason: one CamelCase word
 
 __all__ = ["ClusterUnreachable", "KubeClient", "KubeError", "Obj", "write_kubeconfig"]
 
 
 def _is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, KubeError) and exc.conflict
+
+
+def _status_reason(status: int, text: str) -> str:
+    """The reason of an error answer: the Status's ``reason`` when it is one CamelCase word (as
+    Kubernetes sends: ``NotFound``, ``AlreadyExists``...), else the standard phrase of the
+    status code. Never the server's own reason phrase or message: those are free text."""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        reason = json.loads(text).get("reason")
+        if isinstance(reason, str) and _STATUS_REASON.match(reason):
+            return reason
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _transport_reason(exc: BaseException) -> str:
+    """What went wrong on the way to a server, from the local side only.
+
+    Made of exception types, errnos and TLS verification results; never of ``str()`` of a
+    protocol error, which can carry what the server sent (a bad status line, say).
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed ({e.verify_message})"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS error ({e.reason or type(e).__name__})"
+        if isinstance(e, urllib3.exceptions.NameResolutionError):
+            return "the host name does not resolve"
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno)
+        # (urllib3's NewConnectionError is a ConnectTimeoutError: its cause says more)
+        if isinstance(e, (TimeoutError, urllib3.exceptions.TimeoutError)) and not isinstance(
+                e, urllib3.exceptions.NewConnectionError):
+            return "timed out"
+        reason = getattr(e, "reason", None)
+        todo += [x for x in (reason, e.__cause__, e.__context__)
+                 if isinstance(x, BaseException)]
+    return f"connection failed ({type(exc).__name__})"
+
+
+def _memfile(name: str, data: bytes) -> tuple[int, str]:
+    """An anonymous in-memory file (never on a disk) and a path that opens it, for the client
+    certificate and key: the TLS library reads those only from paths."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, f"/proc/{os.getpid()}/fd/{fd}"
 
 
 class KubeClient:
@@ -59,7 +133,12 @@ class KubeClient:
     def from_kubeconfig(cls, kubeconfig: Mapping[str, Any] | str | os.PathLike[str], *,
                         context: str | None = None, name: str | None = None,
                         timeout: float = 10.0) -> KubeClient:
-        """A client for one context of a kubeconfig (a parsed dict or a file)."""
+        """A client for one context of a kubeconfig (a parsed dict or a file).
+
+        Only for the operator's own kubeconfig (``MOBILITY_KUBECONFIG``, test fixtures): the
+        ``kubernetes`` loader runs ``exec`` plugins and reads the files it names. Credentials a
+        caller sent go through :meth:`from_credentials`.
+        """
         if isinstance(kubeconfig, Mapping):
             doc = dict(kubeconfig)
         else:
@@ -80,6 +159,35 @@ class KubeClient:
         api = ApiClient(configuration=cfg)
         return cls(api, name=name or context or doc.get("current-context") or "cluster",
                    timeout=timeout)
+
+    @classmethod
+    def from_credentials(cls, creds: MemberCredentials, *, name: str,
+                         timeout: float = 10.0) -> KubeClient:
+        """A client from a caller's checked inline credentials; no kubeconfig loader involved.
+
+        The ``Configuration`` is filled here, field by field: the https server, its CA (or the
+        system's), the bearer token, and the client certificate and key in anonymous memory
+        files that live as long as the client. TLS is always verified.
+        """
+        cfg = Configuration(host=creds.server, retries=0, verify_ssl=True,
+                            ca_cert_data=creds.ca_data.decode() if creds.ca_data else None)
+        if creds.token:
+            cfg.api_key = {"authorization": f"Bearer {creds.token}"}
+        fds: list[int] = []
+        try:
+            if creds.client_cert_data and creds.client_key_data:
+                fd, cfg.cert_file = _memfile("kube-client-cert", creds.client_cert_data)
+                fds.append(fd)
+                fd, cfg.key_file = _memfile("kube-client-key", creds.client_key_data)
+                fds.append(fd)
+            client = cls(ApiClient(configuration=cfg), name=name, timeout=timeout)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        for fd in fds:  # closed with the configuration that names their paths
+            weakref.finalize(cfg, os.close, fd)
+        return client
 
     @classmethod
     def from_token(cls, endpoint: str, *, token: str, ca_data: bytes | None, name: str,
@@ -126,26 +234,27 @@ class KubeClient:
             resp = self.api.call_api(m, url, header_params=hdrs, body=payload,
                                      _request_timeout=(min(limit, 5.0), limit))
             raw = resp.read()
-        except ApiException as e:  # status 0: TLS and transport failures
-            raise ClusterUnreachable(f"{self.name}: {method} {path}: {e.reason}") from e
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise ClusterUnreachable(f"{self.name}: {method} {path}: {e}") from e
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as e:
+            # ApiException with status 0: TLS and transport failures
+            # not chained: the original's text may carry what the server sent (see the module)
+            log.debug("%s: %s %s failed: %r", self.name, method, path, e)
+            raise ClusterUnreachable(
+                f"{self.name}: {method} {path}: {_transport_reason(e)}") from None
         status = int(resp.status)
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
         if not 200 <= status < 300:
-            reason, message = str(resp.reason or ""), text.strip()
-            with contextlib.suppress(ValueError):
-                st = json.loads(text)
-                reason = str(st.get("reason") or reason)
-                message = str(st.get("message") or message)
-            raise KubeError(f"{self.name}: {method} {path}: {status} {reason}: {message}",
+            reason = _status_reason(status, text)
+            log.debug("%s: %s %s: %s, body: %.2000s", self.name, method, path, status, text)
+            raise KubeError(f"{self.name}: {method} {path}: {status} {reason}".rstrip(),
                             status=status, reason=reason)
         if not text:
             return {}
         try:
             return cast(Obj, json.loads(text))
-        except ValueError as e:
-            raise FederationError(f"{self.name}: {method} {path}: not JSON: {text[:200]}") from e
+        except ValueError:
+            log.debug("%s: %s %s: not JSON: %.2000s", self.name, method, path, text)
+            raise FederationError(f"{self.name}: {method} {path}: the answer is not JSON "
+                                  f"({len(text)} characters)") from None
 
     def get(self, path: str, *, timeout: float | None = None) -> Obj | None:
         """The object at ``path``, or None when it does not exist."""
