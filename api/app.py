@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import errors
+from api import errors, limits
 from api.auth import Authorized
 from api.routers import (
     automation,
@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.requests = MoveRequests(registry=registry, settings=settings)
     errors.install(app)
+    limits.install(app)
     for r in (moves.router, services.router, chains.router, clusters.router,
               operations.router, automation.router, tokens.router):
         app.include_router(r, dependencies=[Authorized])

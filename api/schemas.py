@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from mobility import keys
 from mobility.models import Cluster, Instance, Move, PathHealth, Service
 from mobility.operations import Operation
 
-Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9-]*$")]
+NAME_PATTERN = r"^[a-z][a-z0-9-]*$"  # a cluster's, service's or chain's: within keys.SAFE_COMPONENT
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]
+# The same in a path: a name outside it can name nothing, so it is a 422, not a lookup.
+NamePath = Annotated[str, Path(min_length=1, max_length=63, pattern=NAME_PATTERN)]
+# What else becomes part of a key (a signal's region...): keys.SAFE_COMPONENT.
+KeyPart = Annotated[str, Field(min_length=1, max_length=63, pattern=keys.SAFE_COMPONENT)]
 
 
 class MoveRequest(BaseModel):

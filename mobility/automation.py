@@ -5,19 +5,25 @@ the registry: placements, cluster labels and capacity, recent signal windows, wh
 service last moved, which ones are moving. Capacity in the lab is counted in instance slots:
 ``slots_per_node`` per node, one per running instance, unless a cluster reports a
 ``free_capacity`` signal, which then wins.
+
+What is stored can be older than today's rules: a plan leaves out a cluster without capacity
+(and the services placed in it, or in a cluster that is gone) and a ``load`` that is not a
+number >= 0, and says so in its notes, rather than refusing to plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
 
-from mobility import policies, rebalancing
+from mobility import keys, policies, rebalancing
 from mobility.errors import Invalid, MobilityError
 from mobility.policies import Decision, Policy, SeriesKey
 from mobility.rebalancing import Constraints, Plan, ServiceLoad
 from mobility.store import Registry
+from mobility.store.automation import DEFAULT_MAX_SERIES
 
 # The series a signal may carry; anything else is refused (a typo would never trigger).
 SERIES = frozenset({"latency_ms", "rtt_ms", "cpu", "load", "requests_per_s", "free_capacity"})
@@ -39,6 +45,10 @@ def check_samples(batch: list[dict[str, Any]], *,
         series = s["series"]
         if series not in SERIES:
             raise Invalid(f"sample {i}: unknown series {series!r}; known: {sorted(SERIES)}")
+        for part in ("cluster", "service", "region"):  # each becomes part of the series' key
+            given = s.get(part)
+            if (given is not None or part == "cluster") and not keys.safe_component(given):
+                raise Invalid(f"sample {i}: {part} {given!r} must match {keys.SAFE_COMPONENT}")
         value, ts = s["value"], s.get("ts", now)
         if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(
                 value):
@@ -55,9 +65,12 @@ def check_samples(batch: list[dict[str, Any]], *,
 
 
 def store_samples(registry: Registry, batch: list[dict[str, Any]], *,
-                  now: float | None = None) -> int:
+                  now: float | None = None, max_series: int = DEFAULT_MAX_SERIES) -> int:
+    """Check and store a batch, all or nothing: Invalid for a bad sample, Conflict when a
+    service (or a cluster's own series) would hold more than ``max_series`` series."""
     clean = check_samples(batch, now=time.time() if now is None else now)
-    registry.add_samples(clean, keep_s=KEEP_S, keep_samples=KEEP_SAMPLES)
+    registry.add_samples(clean, keep_s=KEEP_S, keep_samples=KEEP_SAMPLES,
+                         max_series=max_series)
     return len(clean)
 
 
@@ -102,20 +115,38 @@ def plan(registry: Registry, *, now: float | None = None) -> Plan:
     signal, else one slot)."""
     now = time.time() if now is None else now
     services = registry.services()
+    notes: list[str] = []
     latest: dict[str, float] = {}
     for key, samples in registry.samples().items():
         if key.series == "load" and key.service and samples:
-            latest[key.service] = samples[-1][1]
+            value = samples[-1][1]
+            if math.isfinite(value) and value >= 0:
+                latest[key.service] = value
+            else:
+                notes.append(f"service {key.service}: load {value!r} ignored (not >= 0)")
     base = constraints(registry)
     moving = frozenset(s.name for s in services.values() if s.moving)
     cons = Constraints(pinned=base.pinned | moving, anti_affinity=base.anti_affinity,
                        max_moves=base.max_moves, windows=base.windows)
-    return rebalancing.plan_rebalance(
-        clusters=_capacity(registry),
-        services=[ServiceLoad(name=s.name, cluster=s.instance.cluster,
-                              load=latest.get(s.name, 1.0))
-                  for s in services.values() if s.instance],
-        constraints=cons, now=now)
+    capacity = {c: cap for c, cap in _capacity(registry).items() if cap > 0}
+    placed = []
+    for s in services.values():
+        if s.instance is None:
+            continue
+        if s.instance.cluster not in capacity:
+            notes.append(f"service {s.name} runs in {s.instance.cluster}, a cluster without "
+                         "capacity: left where it is")
+            continue
+        placed.append(ServiceLoad(name=s.name, cluster=s.instance.cluster,
+                                  load=latest.get(s.name, 1.0)))
+    if not capacity:
+        return Plan(now=now, moves=(), imbalance_before=0.0, imbalance_after=0.0,
+                    max_utilisation_before=0.0, max_utilisation_after=0.0,
+                    utilisation_before={}, utilisation_after={},
+                    notes=("no cluster has capacity: nothing to plan", *notes))
+    p = rebalancing.plan_rebalance(clusters=capacity, services=placed, constraints=cons,
+                                   now=now)
+    return dataclasses.replace(p, notes=(*p.notes, *notes)) if notes else p
 
 
 def start_decided(requests: Any, decisions: list[Decision],

@@ -184,7 +184,8 @@ SAFE_POLICY_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # What mobility.store.moves.new_move_id() makes, and nothing else (":events" is the move's
 # event stream: a move id that ended so would read another key's type).
 MOVE_ID = r"^mv-[0-9]{14}-[0-9a-f]{6}$"
-STREAM_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"  # a Redis stream entry id (each part < 2**64)
+# A Redis stream entry id; 19 digits at most, so each part is below 2**64 as Redis needs.
+STREAM_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"
 SIGNAL_SEP = "|"
 SIGNAL_OWNERS_PREFIX = f"{PREFIX}signals:of:"
 

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # is stored without it); in development it is derived from the Redis URL when unset
     # (mobility.store.credentials.Sealer.from_settings). Never printed.
     credentials_key: SecretStr = SecretStr("")
+    # The largest request body the API reads (413 beyond it, counted as it streams in).
+    api_max_body_bytes: int = Field(default=1 << 20, ge=0)
+    # How many distinct signal series one service (or, cluster-level, one cluster) may hold.
+    max_series_per_owner: int = Field(default=64, ge=1, le=4096)
 
     @property
     def agents_redis_url(self) -> str:

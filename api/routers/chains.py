@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import RegistryDep
-from api.schemas import ERRORS, Accepted, Name, OperationOut
+from api.schemas import ERRORS, Accepted, Name, NamePath, OperationOut, answers
 from mobility import chains
 from mobility.chains import Chain
 from mobility.errors import Conflict, NotFound
@@ -71,8 +71,8 @@ def list_chains(registry: RegistryDep) -> list[ChainOut]:
     return [_out(c) for c in registry.chains()]
 
 
-@router.get("/{name}")
-def get_chain(name: str, registry: RegistryDep) -> ChainOut:
+@router.get("/{name}", responses=answers(404))
+def get_chain(name: NamePath, registry: RegistryDep) -> ChainOut:
     chain = registry.get_chain(name)
     if chain is None:
         raise NotFound(f"chain {name!r} does not exist")
@@ -80,7 +80,7 @@ def get_chain(name: str, registry: RegistryDep) -> ChainOut:
 
 
 @router.delete("/{name}", status_code=202, responses=ERRORS)
-def delete_chain(name: str, registry: RegistryDep, response: Response) -> Accepted:
+def delete_chain(name: NamePath, registry: RegistryDep, response: Response) -> Accepted:
     if registry.get_chain(name) is None:
         raise NotFound(f"chain {name!r} does not exist")
     op = canvas.submit(registry, canvas.REMOVE_CHAIN, target=name, args=[name],

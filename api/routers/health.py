@@ -12,7 +12,8 @@ from api.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health,
+            responses={503: {"model": Health, "description": "Redis is out of reach"}})
 def healthz(registry: RegistryDep) -> JSONResponse:
     try:
         registry.ping()

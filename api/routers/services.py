@@ -5,14 +5,22 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.deps import RegistryDep, SettingsDep
-from api.schemas import ERRORS, Accepted, LinkOut, OperationOut, ServiceOut, ServiceRequest
+from api.schemas import (
+    ERRORS,
+    Accepted,
+    LinkOut,
+    NamePath,
+    OperationOut,
+    ServiceOut,
+    ServiceRequest,
+    answers,
+)
 from mobility.errors import Conflict, Invalid, NotFound
 from mobility.models import Service
 from mobility.store import Registry
 from workers import canvas
 
 router = APIRouter(prefix="/v1/services", tags=["services"])
-
 
 
 def _out(registry: Registry, svc: Service) -> ServiceOut:
@@ -29,8 +37,8 @@ def list_services(registry: RegistryDep) -> list[ServiceOut]:
     return [_out(registry, s) for s in registry.services().values()]
 
 
-@router.get("/{name}")
-def get_service(name: str, registry: RegistryDep) -> ServiceOut:
+@router.get("/{name}", responses=answers(404))
+def get_service(name: NamePath, registry: RegistryDep) -> ServiceOut:
     svc = registry.get_service(name)
     if svc is None:
         raise NotFound(f"service {name!r} does not exist")
@@ -59,7 +67,7 @@ def create_service(body: ServiceRequest, registry: RegistryDep, response: Respon
 
 
 @router.delete("/{name}", status_code=202, responses=ERRORS)
-def delete_service(name: str, registry: RegistryDep, response: Response) -> Accepted:
+def delete_service(name: NamePath, registry: RegistryDep, response: Response) -> Accepted:
     """Queue the removal (202); refused with 409 while the service moves."""
     svc = registry.get_service(name)
     if svc is None:
