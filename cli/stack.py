@@ -5,11 +5,19 @@ reused while it runs, so ``ensure`` is cheap and idempotent; ``mobility lab down
 the recorded processes and those inside the lab's namespaces.
 
 Redis binds 127.0.0.1 and the host end of the lab's host link, so node agents inside the lab
-reach it; since that is not loopback, it has a password (never ``protected-mode no``).
+reach it; since that is not loopback, every client must authenticate (never ``protected-mode
+no``). Redis reads its configuration from ``<run dir>/redis/redis.conf`` and its users from
+``users.acl`` beside it (both 0600; the ACL holds SHA-256 digests only), never from its command
+line: one ACL user per component (:mod:`mobility.store.acl`), a ``default`` user nobody can log
+in as, and the append-only file on (``appendfsync everysec``), so a restart keeps the registry,
+locks, moves and queued tasks. Each user's password is in a 0600 file under ``redis/passwords/``; a
+component finds its Redis URL in its own 0600 env file (``redis/<user>.env``, named by
+``MOBILITY_ENV_FILE``), so no password is in any process's command line or environment.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import secrets
@@ -24,15 +32,17 @@ from pathlib import Path
 
 import redis
 
+from cli import supervise
 from cli.client import ApiClient
 from dataplane.lab import topology
 from dataplane.lab.topology import LabPlan
 from mobility import tokens
 from mobility.models import Cluster, Node
 from mobility.settings import DEFAULT_ENV_FILE, get_settings
-from mobility.store import Registry
+from mobility.store import Registry, acl
 from mobility.tokens import Role
 from workers.app import client
+from workers.routing import ORCHESTRATION, node_queue
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,9 @@ log = logging.getLogger(__name__)
 # The Popen objects of the processes this process started: kept so they are neither reported
 # as leaked while still running nor left as zombies once they end.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+BEAT_MAX_INTERVAL_S = 5
 
 
 class StackError(RuntimeError):
@@ -93,17 +106,76 @@ class Stack:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def _password(self) -> str:
-        path = self.run_dir / "redis" / "password"
+    @property
+    def redis_dir(self) -> Path:
+        """Redis's configuration, ACL, passwords, component env files and data (0700)."""
+        d = self.run_dir / "redis"
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return d
+
+    def _password(self, user: str = acl.ADMIN) -> str:
+        """A Redis user's password, from its 0600 file (made once, atomically)."""
+        path = self.redis_dir / "passwords" / user
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(24))
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            tmp = path.with_name(f".{user}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(24) + "\n")
+            try:
+                os.link(tmp, path)  # fails if another process made it first: theirs wins
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
         return path.read_text().strip()
 
-    def redis_url(self, *, from_lab: bool = False) -> str:
+    def redis_url(self, *, from_lab: bool = False, user: str = acl.ADMIN) -> str:
+        """Redis for ``user`` (the admin by default: the stack's own tools, tests, benches),
+        from the host or, ``from_lab``, from inside the lab (the host link's address)."""
         host = self.plan.host_ip if from_lab else "127.0.0.1"
-        return f"redis://:{self._password()}@{host}:{self.redis_port}/0"
+        return acl.with_credentials(f"redis://{host}:{self.redis_port}/0", user,
+                                    self._password(user))
+
+    def redis_users(self) -> dict[str, list[str]]:
+        """Every component's Redis user with its rules (one per node agent)."""
+        return acl.component_users(
+            orchestration=ORCHESTRATION, node_queues=node_queue("*", "*"),
+            orchestrator_worker=f"orchestrator@{self.plan.name}",
+            agents={acl.agent_user(n.cluster, n.name): acl.CeleryRole(
+                consumes=(node_queue(n.cluster, n.name),),
+                worker=f"agent-{n.cluster}-{n.name}@{self.plan.name}") for n in self.plan.nodes},
+        )
+
+    def _locked_digest(self) -> str:
+        """The default user's digest (no password has it), kept so the ACL file is stable."""
+        path = self.redis_dir / "default.digest"
+        if not path.exists():
+            _write_private(path, acl.locked_digest() + "\n")
+        return path.read_text().strip()
+
+    def _credentials_key(self) -> str:
+        """The key sealing cluster credentials, the same for the API and the orchestrator
+        (without it each would derive its own from its own Redis URL)."""
+        path = self.redis_dir / "credentials.key"
+        if not path.exists():
+            _write_private(path, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        return path.read_text().strip()
+
+    def component_env_file(self, user: str, *, from_lab: bool = False) -> Path:
+        """The 0600 env file of a component running as ``user``: its Redis URL (and the
+        orchestrator's: the state agents' URL and the credentials key; the API's: that key)."""
+        lines = [f"MOBILITY_REDIS_URL={self.redis_url(from_lab=from_lab, user=user)}"]
+        if user == acl.ORCHESTRATOR:
+            # where the state agents reach Redis, with no credentials: each move gives its
+            # agents a user of its own (mobility.store.acl.StateUsers), limited to its keys
+            lines.append(f"MOBILITY_STATE_REDIS_URL=redis://{self.plan.host_ip}:"
+                         f"{self.redis_port}/0")
+        if user in (acl.API, acl.ORCHESTRATOR):
+            lines.append(f"MOBILITY_CREDENTIALS_KEY={self._credentials_key()}")
+        path = self.redis_dir / f"{user}.env"
+        _write_private(path, "\n".join(lines) + "\n")
+        return path
 
     @property
     def api_url(self) -> str:
@@ -137,38 +209,71 @@ class Stack:
             fh.write(secret + "\n")
         os.replace(tmp, path)
 
-    def env(self, **extra: str) -> dict[str, str]:
+    def env(self, user: str | None = None, *, from_lab: bool = False,
+            **extra: str) -> dict[str, str]:
+        """A process's environment: no secret in it. A component (``user``: its Redis user)
+        gets ``MOBILITY_ENV_FILE`` naming its own env file, which holds its credentials."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOBILITY_")}
         env.update(
-            MOBILITY_REDIS_URL=self.redis_url(),
             MOBILITY_LAB_NAME=self.plan.name,
             MOBILITY_API_PORT=str(self.api_port),
             MOBILITY_FAULT_INJECTION="1" if self.fault_injection else "0",
-            MOBILITY_STATE_REDIS_URL=self.redis_url(from_lab=True),
             MOBILITY_ENV_FILE=os.devnull,
             PYTHONUNBUFFERED="1",
         )
+        if user is not None:
+            env["MOBILITY_ENV_FILE"] = str(self.component_env_file(user, from_lab=from_lab))
         env.update(self.extra_env)
         env.update(extra)
         return env
 
-    def _spawn(self, role: str, argv: list[str], env: dict[str, str]) -> int:
-        pid = topology.recorded_pid(self.run_dir, role)
-        if pid is not None:
-            return pid
-        with open(self.logs / f"{role}.log", "ab") as out:
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    cwd=str(self.run_dir))
-        _CHILDREN[proc.pid] = proc
-        topology.record_process(self.run_dir, role, proc.pid)
-        log.info("started %s as pid %s", role, proc.pid)
-        return proc.pid
+    def _spawn(self, role: str, argv: list[str], env: dict[str, str], *,
+               supervised: bool = True) -> int:
+        """Start ``role`` unless it runs; a supervised role is restarted by the supervisor
+        when it dies (its spec is left for it)."""
+        log_path = self.logs / f"{role}.log"
+        if supervised:
+            supervise.write_spec(self.run_dir, role, argv=argv, env=env,
+                                 cwd=str(self.run_dir), log_path=log_path)
+        pid, proc = supervise.spawn(self.run_dir, role, argv=argv, env=env,
+                                    cwd=str(self.run_dir), log_path=log_path)
+        if proc is not None:
+            _CHILDREN[proc.pid] = proc
+            log.info("started %s as pid %s", role, proc.pid)
+        return pid
+
+    def ensure_supervisor(self) -> None:
+        self._spawn("supervisor", [sys.executable, "-m", "cli.supervise", str(self.run_dir)],
+                    self.env(), supervised=False)
 
     # --- the pieces ---
 
     def ensure_lab(self) -> None:
         topology.up(self.plan)
+
+    def _write_redis_config(self) -> tuple[Path, bool]:
+        """``redis.conf`` and ``users.acl`` (0600); whether the ACL file changed."""
+        d = self.redis_dir
+        users = self.redis_users()
+        acl_path = d / "users.acl"
+        changed = _write_private(acl_path, acl.acl_file(
+            users, {u: self._password(u) for u in users}, default_digest=self._locked_digest()))
+        conf = d / "redis.conf"
+        _write_private(conf, "\n".join([
+            "# Written by the lab stack (cli/stack.py). No password here: users.acl holds the",
+            "# users, with SHA-256 digests of their passwords only.",
+            f"port {self.redis_port}",
+            f"bind 127.0.0.1 -{self.plan.host_ip}",
+            "protected-mode yes",
+            "daemonize no",
+            f'dir "{d}"',
+            f'aclfile "{acl_path}"',
+            'save ""',
+            "appendonly yes",
+            "appendfsync everysec",
+            "",
+        ]))
+        return conf, changed
 
     def ensure_redis(self) -> None:
         binary = shutil.which("redis-server")
@@ -179,13 +284,9 @@ class Stack:
                 "127.0.0.1", self.redis_port):
             raise StackError(f"port {self.redis_port} is taken by a process this lab did not "
                              "start; set MOBILITY_STACK_REDIS_PORT to another port")
-        data = self.run_dir / "redis"
-        data.mkdir(parents=True, exist_ok=True)
-        self._spawn("redis", [
-            binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", f"-{self.plan.host_ip}",
-            "--requirepass", self._password(), "--dir", str(data), "--save", "",
-            "--appendonly", "no", "--daemonize", "no",
-        ], self.env())
+        running = topology.recorded_pid(self.run_dir, "redis") is not None
+        conf, acl_changed = self._write_redis_config()
+        self._spawn("redis", [binary, str(conf)], self.env())
         client = redis.Redis.from_url(self.redis_url(), socket_timeout=1)
 
         def pong() -> bool:
@@ -195,16 +296,20 @@ class Stack:
                 return False
 
         _wait("redis", pong, 15, self.logs / "redis.log")
+        if running and acl_changed:
+            # users added (or rules changed) while it runs; only then: a reload drops the
+            # per-move users of moves in flight
+            client.acl_load()
         # Redis was perhaps started before the lab's host link existed: listen there too now.
         client.config_set("bind", f"127.0.0.1 -{self.plan.host_ip}")
         if self.env_file:
+            # for the person's `mobility` commands on this host: the admin user
             path = Path(self.env_file)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(f"MOBILITY_REDIS_URL={self.redis_url()}\n"
-                            f"MOBILITY_LAB_NAME={self.plan.name}\n"
-                            f"MOBILITY_API_PORT={self.api_port}\n"
-                            f"MOBILITY_TOKEN_FILE={self.token_file}\n")
+            _write_private(path, f"MOBILITY_REDIS_URL={self.redis_url()}\n"
+                                 f"MOBILITY_LAB_NAME={self.plan.name}\n"
+                                 f"MOBILITY_API_PORT={self.api_port}\n"
+                                 f"MOBILITY_TOKEN_FILE={self.token_file}\n")
         Registry(client).ping()
         reg = Registry(redis.Redis.from_url(self.redis_url()))
         for cluster in lab_clusters(self.plan):
@@ -215,24 +320,28 @@ class Stack:
         for n in self.plan.nodes:
             self._spawn(f"agent-{n.cluster}-{n.name}", [
                 "nsenter", f"--net=/run/netns/{n.namespace}", sys.executable, "-m", "celery",
-                "-A", "workers.app", "worker", "-Q", f"dataplane.{n.cluster}.{n.name}",
+                "-A", "workers.app", "worker", "-Q", node_queue(n.cluster, n.name),
                 "-P", "solo", "-n", f"agent-{n.cluster}-{n.name}@{self.plan.name}",
                 "--without-gossip", "--without-mingle", "-l", "INFO",
-            ], self.env(MOBILITY_REDIS_URL=self.redis_url(from_lab=True),
+            ], self.env(acl.agent_user(n.cluster, n.name), from_lab=True,
                         MOBILITY_NODE=f"{n.cluster}/{n.name}"))
 
     def ensure_orchestrator(self) -> None:
         self._spawn("orchestrator", [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "orchestration",
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ORCHESTRATION,
             "-P", "threads", "-c", "8", "-n", f"orchestrator@{self.plan.name}",
             "--without-gossip", "--without-mingle", "-l", "INFO",
-        ], self.env())
+        ], self.env(acl.ORCHESTRATOR))
 
     def ensure_beat(self) -> None:
+        # --max-interval: redbeat retries its lock that often. Redis keeps the lock of a beat
+        # that died (the append-only file), for redbeat_lock_timeout; with Celery's default
+        # (300 s) the beat started in its place would wait up to five minutes to tick.
         self._spawn("beat", [
             sys.executable, "-m", "celery", "-A", "workers.app", "beat",
-            "-s", str(self.run_dir / "beat-schedule"), "-l", "INFO",
-        ], self.env())
+            "-s", str(self.run_dir / "beat-schedule"), "--max-interval", str(BEAT_MAX_INTERVAL_S),
+            "-l", "INFO",
+        ], self.env(acl.BEAT))
 
     def ensure_api(self) -> None:
         if topology.recorded_pid(self.run_dir, "api") is None and _port_open(
@@ -242,7 +351,7 @@ class Stack:
         self._spawn("api", [
             sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
             "--host", "127.0.0.1", "--port", str(self.api_port), "--log-level", "warning",
-        ], self.env())
+        ], self.env(acl.API))
 
     def up(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
         progress("lab namespaces")
@@ -254,6 +363,7 @@ class Stack:
         self.ensure_orchestrator()
         self.ensure_beat()
         self.ensure_api()
+        self.ensure_supervisor()
         progress("waiting for every process to answer")
         self.wait_ready()
 
@@ -284,6 +394,8 @@ class Stack:
               self.logs / "api.log")
 
     def stop_process(self, role: str) -> None:
+        """Stop ``role`` on purpose: the supervisor leaves it stopped (its spec goes first)."""
+        supervise.drop_spec(self.run_dir, role)
         pid = topology.recorded_pid(self.run_dir, role)
         if pid is not None:
             topology.terminate([pid])
@@ -300,6 +412,23 @@ def default_stack(config: str | None = None) -> Stack:
     return Stack(plan=plan, redis_port=int(os.environ.get("MOBILITY_STACK_REDIS_PORT", "6391")),
                  api_port=settings.api_port,
                  env_file=os.environ.get("MOBILITY_ENV_FILE", DEFAULT_ENV_FILE))
+
+
+def _write_private(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` (0600, atomically) unless it holds it already; whether it
+    changed."""
+    try:
+        if path.read_text() == text:
+            os.chmod(path, 0o600)
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return True
 
 
 def reap_children() -> None:

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from mobility import planning, workloads
 from mobility.errors import (
     FederationError,
@@ -37,6 +39,7 @@ from mobility.phases import COMPENSATIONS, compensation_plan, last_done, recover
 from mobility.ports import Federation, StateAgent, StateAgents, Wiring
 from mobility.settings import Settings
 from mobility.store import Registry, new_move_id
+from mobility.store.acl import StateUsers
 from state_transfer.errors import StateTransferError
 from state_transfer.frames import new_key
 
@@ -211,6 +214,14 @@ class Engine:
         self._event(move_id, "phase_ended", phase=phase, detail=f"{ms} ms")
         return True
 
+    def _end_state(self, move_id: str) -> None:
+        """The move's state keys expire and its state user goes (its agents are done)."""
+        self.registry.expire_state(move_id, self.settings.state_ttl_s)
+        try:
+            StateUsers(self.registry.r).close(move_id)
+        except RedisError as exc:  # the reaper's prune removes it later
+            log.warning("move %s: its state user stays for now: %s", move_id, exc)
+
     def _check_lease(self) -> None:
         """Stop here if this worker no longer holds the move's lease (before an act that
         others must not see twice, such as switching peers)."""
@@ -311,11 +322,14 @@ class Engine:
             source = self.state_agents.agent(move.source)
             target = self.state_agents.agent(self._target(move))
             key = new_key()
+            # the agents write through a Redis user of this move's own, limited to its
+            # mob:state:<move>:* keys (never the control plane's credentials)
+            redis_url = StateUsers(self.registry.r).open(
+                move.id, via=self.settings.agents_redis_url)
             for agent, role in ((source, "source"), (target, "target")):
-                agent.call("open", move=move.id, key=key, role=role,
-                           redis_url=self.settings.agents_redis_url,
+                agent.call("open", move=move.id, key=key, role=role, redis_url=redis_url,
                            stall_timeout_s=self.settings.state_stall_timeout_s)
-        except StateTransferError as exc:
+        except (StateTransferError, RedisError) as exc:
             raise PhaseFailed(f"state agents: {exc}") from exc
         return source, target
 
@@ -463,7 +477,7 @@ class Engine:
             with contextlib.suppress(StateTransferError), contextlib.closing(
                     self.state_agents.agent(move.target)) as agent:
                 agent.call("close", move=move_id)
-        self.registry.expire_state(move_id, self.settings.state_ttl_s)
+        self._end_state(move_id)
         self._event(move_id, "status", detail="succeeded")
         log.info("move %s succeeded in %s ms", move_id, move.total_ms)
         return move
@@ -515,7 +529,7 @@ class Engine:
             if undone:
                 return self._compensation_left(move, epoch, held, error, undone)
         final = self.registry.finish_move(move_id, MoveStatus.ROLLED_BACK)
-        self.registry.expire_state(move_id, self.settings.state_ttl_s)
+        self._end_state(move_id)
         self._event(move_id, "status", detail="rolled_back")
         return final
 
@@ -546,6 +560,7 @@ class Engine:
                 move.id, MoveStatus.FAILED,
                 error=f"{error}; the source serves, but after {passes} passes this is left "
                       f"behind: {left}")
+            self._end_state(move.id)
             self._event(move.id, "status", detail=f"failed: left behind: {left}")
             return final
 
@@ -582,7 +597,7 @@ class Engine:
                 with contextlib.suppress(StateTransferError), contextlib.closing(
                         self.state_agents.agent(instance)) as agent:
                     agent.call("close", move=move.id)
-        self.registry.expire_state(move.id, self.settings.state_ttl_s)
+        self._end_state(move.id)
 
     def _undo_cutover(self, move: Move) -> None:
         if move.source is None:
@@ -612,6 +627,10 @@ class Engine:
 
     def reap(self, *, pending_grace_s: float = 30.0) -> list[Reaped]:
         """Take over moves whose worker vanished; the caller dispatches what is returned."""
+        try:  # state users of moves that ended while their worker could not remove them
+            StateUsers(self.registry.r).prune(keep=[m.id for m in self.registry.active_moves()])
+        except RedisError as exc:
+            log.warning("could not prune state users: %s", exc)
         taken = []
         for move in self.registry.active_moves():
             if move.status.terminal or self.registry.lease_alive(move.id):

@@ -5,6 +5,7 @@ Aspects: tests that need root or a Redis binary fail (never skip) when they cann
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -36,20 +37,37 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server process of our own, on a free loopback port, with a password."""
+    """A redis-server process of our own, on a free loopback port, with a password.
 
-    def __init__(self, workdir: Path) -> None:
+    The password is in no command line: the server reads a 0600 configuration file in
+    ``workdir`` that holds the ``default`` user's SHA-256 digest only. ``appendonly``: with the
+    append-only file (``appendfsync everysec``), so :meth:`restart` keeps the data. ``aclfile``:
+    the users are that ACL file's (then :attr:`url`, the ``default`` user's, is the file's
+    business; use :meth:`url_for`).
+    """
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False,
+                 aclfile: Path | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; scripts/setup.sh installs it")
+        self.binary = binary
         self.port = free_port()
         self.password = secrets.token_hex(12)
         self.workdir = workdir
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass",
-             self.password, "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        self.config = workdir / "redis.conf"
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"port {self.port}\nbind 127.0.0.1\nsave \"\"\ndir \"{workdir}\"\n"
+                     f"appendonly {'yes' if appendonly else 'no'}\nappendfsync everysec\n")
+            fh.write(f'aclfile "{aclfile}"\n' if aclfile is not None
+                     else f"user default on #{digest} ~* &* +@all\n")
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -60,9 +78,21 @@ class RedisServer:
         self.stop()
         pytest.fail("redis-server did not start")
 
+    def restart(self, *, crash: bool = False) -> None:
+        """Stop (``crash``: SIGKILL, no last write of the append-only file) and start again,
+        on the same port, with the same configuration and data."""
+        if crash and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.stop()
+        self.start()
+
     @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def url_for(self, user: str, password: str) -> str:
+        return f"redis://{user}:{password}@127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -71,6 +101,7 @@ class RedisServer:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(5)
 
 
 @pytest.fixture(scope="session")

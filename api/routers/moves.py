@@ -87,9 +87,10 @@ def abort_move(move_id: MoveId, registry: RegistryDep, engine: RequestsDep) -> M
     move = registry.get_move(move_id)
     if move.status.terminal:
         raise Conflict(f"move {move_id} already ended ({move.status}); nothing to abort")
-    if move.cutover_confirmed:
-        raise Conflict(f"move {move_id} is past its confirmed cutover and only goes "
-                       "forward now")
+    if move.cutover_confirmed or move.forward_only:
+        past = ("its confirmed cutover" if move.cutover_confirmed
+                else "its switch (its target may have taken writes)")
+        raise Conflict(f"move {move_id} is past {past} and only goes forward now")
     return MoveOut.of(engine.request_abort(move_id))
 
 

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,23 @@ from dataplane.netlink import Netlink
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 3.0
+
+# What a workload's environment may hold of its agent's: how to run Python and nothing about
+# the control plane. An application never gets a control-plane credential (the node agent's
+# Redis URL, its env file): a stateful one reaches Redis only with the per-move user the
+# orchestrator hands its state agent over its control socket.
+WORKLOAD_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH",
+                "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "MOBILITY_FAULT_INJECTION",
+                "MOBILITY_LOG_LEVEL")
+
+
+def workload_env(agent_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A workload's environment: the allowed variables of its agent's (``os.environ``)."""
+    source = os.environ if agent_env is None else agent_env
+    env = {k: source[k] for k in WORKLOAD_ENV if k in source}
+    env.setdefault("PATH", os.defpath)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def workload_argv(workload: str, params: dict[str, Any], pod_dir: Path) -> list[str]:
@@ -151,7 +169,7 @@ class NodeRuntime:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.plan.pod_namespace(pod), *argv],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, env=workload_env(),
             )
         meta["pid"] = proc.pid
         self._write_meta(pod, meta)

@@ -23,6 +23,7 @@ from mobility.store.base import StoreBase
 from mobility.store.chains import ChainStore
 from mobility.store.credentials import CredentialStore
 from mobility.store.fleet import FleetStore
+from mobility.store.identities import IdentityStore
 from mobility.store.jobs import Job, JobStore
 from mobility.store.moves import EventBatch, MoveStore, new_move_id
 from mobility.store.operations import OperationStore
@@ -33,7 +34,8 @@ __all__ = ["AutomationStore", "ChainStore", "CredentialStore", "EventBatch", "Fl
            "StoreBase", "TokenStore", "new_move_id"]
 
 
-class Registry(FleetStore, MoveStore, AutomationStore, ChainStore, OperationStore, TokenStore,
+class Registry(IdentityStore,  # first: its allocations check the counters after a restart
+               FleetStore, MoveStore, AutomationStore, ChainStore, OperationStore, TokenStore,
                CredentialStore, JobStore):
     """The whole registry over one Redis connection."""
 

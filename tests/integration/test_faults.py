@@ -10,7 +10,9 @@ a young pending move alone (its first task may still be queued) and rolls back o
 chain was lost; a retryable phase error is retried in place (same epoch, no rollback); the node
 reconciler leaves a moving service and its peers alone, then repairs them once the move has
 ended; routes are re-applied after a link repair; a deploy killed halfway (its pod placed) is
-undone by the reaper from its journal, leaving no pod and freeing its name.
+undone by the reaper from its journal, leaving no pod and freeing its name; the supervisor
+restarts a killed orchestration worker by itself and its move finishes; `mobility status`
+shows the processes with their restarts.
 
 Each pause is an injected ``pause:*`` fault that holds until released or until the worker dies;
 nothing here waits a fixed time for a race to happen.
@@ -22,6 +24,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cli import supervise
 from cli.stack import Stack
 from dataplane.lab import topology
 from dataplane.netlink import Netlink
@@ -59,16 +63,19 @@ def registry(lab_stack: Stack) -> Iterator[Registry]:
     reg.r.close()
 
 
-def kill_orchestrator(stack: Stack) -> None:
-    """SIGKILL the orchestration worker, wait until it is gone, start a new one."""
+def kill_orchestrator(stack: Stack, *, restart: bool = True) -> int:
+    """SIGKILL the orchestration worker and wait until that process is gone; with
+    ``restart``, make sure one runs again (the supervisor may have restarted it already)."""
     pid = topology.recorded_pid(stack.run_dir, "orchestrator")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while topology.recorded_pid(stack.run_dir, "orchestrator") is not None:
+    while topology.recorded_pid(stack.run_dir, "orchestrator") == pid:
         assert time.monotonic() < deadline, "the killed orchestrator is still recorded"
         time.sleep(0.05)
-    stack.ensure_orchestrator()
+    if restart:
+        stack.ensure_orchestrator()
+    return pid
 
 
 def events(api: httpx.Client, move_id: str) -> list[dict[str, Any]]:
@@ -321,3 +328,28 @@ def test_a_deploy_killed_halfway_is_undone_and_frees_its_name(
                                            "cluster": "core"})
         assert r.status_code == 201, r.text
         assert api.delete("/v1/services/halfway").status_code == 204
+
+
+def test_the_supervisor_restarts_a_killed_worker_and_its_move_finishes(
+        api: httpx.Client, lab_stack: Stack) -> None:
+    pair = Pair(api, lab_stack, "sv")
+    before = supervise.read_state(lab_stack.run_dir).get("orchestrator", {}).get("restarts", 0)
+    move_id = start(api, pair.echo, "edge", ["pause:wire"])
+    wait_event(api, move_id, "fault_paused", "wire")
+    killed = kill_orchestrator(lab_stack, restart=False)  # nobody restarts it by hand
+    move = wait_terminal(api, move_id, timeout=90)
+    assert move["status"] == "rolled_back", move
+    now = topology.recorded_pid(lab_stack.run_dir, "orchestrator")
+    assert now is not None and now != killed
+    state = supervise.read_state(lab_stack.run_dir)["orchestrator"]
+    assert state["restarts"] == before + 1 and state["previous_pid"] == killed, state
+    out = subprocess.run([sys.executable, "-m", "cli.main", "status", "--json"],
+                         env=dict(os.environ, MOBILITY_ENV_FILE=str(lab_stack.env_file)),
+                         capture_output=True, text=True, timeout=60, check=True)
+    status = json.loads(out.stdout)
+    procs = {p["role"]: p for p in status["processes"]}
+    assert procs["orchestrator"]["pid"] == now and procs["orchestrator"]["restarts"] >= 1
+    assert procs["supervisor"]["alive"] is True
+    assert {"clusters", "services", "moves_in_flight"} <= set(status)
+    pair.wait_replies(300)
+    assert pair.finish()["lost"] == 0

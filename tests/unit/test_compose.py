@@ -4,17 +4,24 @@ Aspects: the five roles are there (redis, api, orchestrator, beat, dataplane age
 command's executable is a console script of the installed environment; every Celery app and
 ASGI factory it names imports and has the attribute; the orchestrator and every dataplane agent
 run a Celery worker, each with -Q naming the queue the code routes to (the orchestration queue,
-the agent's own node queue); the dataplane agent is privileged on the host network.
+the agent's own node queue); the dataplane agent is privileged on the host network; Redis reads
+its configuration from a mounted file (no password on its command line); every component gets
+its own Redis user's URL as a compose secret named by MOBILITY_ENV_FILE, never in its
+environment; the secrets generator writes every file compose names (env files 0600, the ACL
+with digests only, the append-only file on) and keeps the passwords when run again.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 from pathlib import Path
 
 import yaml
 
+from cli import redis_secrets
+from mobility.store import acl
 from tests.conftest import REPO
 from workers.routing import ORCHESTRATION, node_queue
 
@@ -79,3 +86,67 @@ def test_worker_queues_are_routed() -> None:
         else:
             cluster, node = str(services()[name]["environment"]["MOBILITY_NODE"]).split("/")  # type: ignore[index]
             assert queue == node_queue(cluster, node), f"{name}: consumes {queue}"
+
+
+# --- Redis credentials (step 7): config from a file, one user per component, secrets ---
+
+
+def test_redis_reads_its_config_from_a_file_never_argv() -> None:
+    redis_svc = services()["redis"]
+    command = command_of(redis_svc)
+    assert command[0] == "redis-server" and len(command) == 2, command
+    conf_dir = str(Path(command[1]).parent)
+    mounts = [str(v).split(":") for v in redis_svc["volumes"]]  # type: ignore[attr-defined]
+    assert ["./secrets/redis", conf_dir, "ro"] in mounts
+    assert "requirepass" not in str(redis_svc) and "PASSWORD" not in str(redis_svc)
+
+
+def component_user(name: str, svc: dict[str, object]) -> str:
+    if name.startswith("dataplane-"):
+        cluster, node = str(svc["environment"]["MOBILITY_NODE"]).split("/")  # type: ignore[index]
+        return acl.agent_user(cluster, node)
+    return {"api": acl.API, "orchestrator": acl.ORCHESTRATOR, "beat": acl.BEAT}[name]
+
+
+def test_each_component_gets_its_own_user_as_a_secret_not_in_its_environment() -> None:
+    declared = COMPOSE["secrets"]
+    for name, svc in services().items():
+        if name == "redis":
+            continue
+        env = dict(svc["environment"])  # type: ignore[call-overload]
+        assert not any("REDIS_URL" in k or "PASSWORD" in k for k in env), (name, env)
+        user = component_user(name, svc)
+        assert svc["secrets"] == [f"{user}.env"], name
+        assert env["MOBILITY_ENV_FILE"] == f"/run/secrets/{user}.env"
+        assert declared[f"{user}.env"] == {"file": f"./secrets/{user}.env"}
+        command = command_of(svc)
+        if "worker" in command:  # its -n is what its user's remote-control queue allows
+            worker = command[command.index("-n") + 1]
+            expected = ("orchestrator" if user == acl.ORCHESTRATOR
+                        else user.replace(acl.AGENT_PREFIX, "agent-"))
+            assert worker == f"{expected}@%h", (name, worker)
+
+
+def test_the_secrets_generator_writes_what_compose_reads(tmp_path: Path) -> None:
+    nodes = [tuple(str(s["environment"]["MOBILITY_NODE"]).split("/"))  # type: ignore[index]
+             for n, s in services().items() if n.startswith("dataplane-")]
+    envs = redis_secrets.write(tmp_path, nodes)  # type: ignore[arg-type]
+    passwords = {p.name: p.read_text().strip() for p in (tmp_path / "passwords").iterdir()
+                 if p.name != "default.digest"}  # a digest, and in users.acl by design
+    for spec in COMPOSE["secrets"].values():
+        path = tmp_path / Path(spec["file"]).relative_to("secrets")
+        assert path.exists() and path.stat().st_mode & 0o777 == 0o600, path
+    conf = (tmp_path / "redis" / "redis.conf").read_text().splitlines()
+    command = command_of(services()["redis"])
+    assert "appendonly yes" in conf and "appendfsync everysec" in conf
+    assert f"aclfile {Path(command[1]).parent}/users.acl" in conf
+    acl_text = (tmp_path / "redis" / "users.acl").read_text()
+    assert re.match(r"user default on #[0-9a-f]{64} ", acl_text)
+    for text in (acl_text, "\n".join(conf)):
+        assert not any(pw in text for pw in passwords.values())
+    agent = acl.agent_user(*nodes[0])
+    assert f"redis://{agent}:" in envs[agent].read_text()
+    assert "@redis:6379/0" in envs[acl.API].read_text()
+    assert "MOBILITY_STATE_REDIS_URL=redis://mob-state:" in envs[acl.ORCHESTRATOR].read_text()
+    again = redis_secrets.write(tmp_path, nodes)  # type: ignore[arg-type]
+    assert again[acl.API].read_text() == envs[acl.API].read_text()  # passwords kept
