@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -179,7 +180,8 @@ class Stack:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        scheme = "https" if get_settings().api_tls_cert else "http"
+        return f"{scheme}://127.0.0.1:{self.api_port}"
 
     @property
     def token_file(self) -> Path:
@@ -190,7 +192,9 @@ class Stack:
         return self.token_file.read_text().strip()
 
     def api_client(self, *, timeout: float = 60.0, follow: bool = True) -> ApiClient:
-        return ApiClient(self.api_url, token=self.token(), timeout=timeout, follow=follow)
+        cert = get_settings().api_tls_cert
+        return ApiClient(self.api_url, token=self.token(), timeout=timeout, follow=follow,
+                         verify=ssl.create_default_context(cafile=cert) if cert else True)
 
     def _ensure_token(self, reg: Registry) -> None:
         """An admin token for the stack's own use, in a 0600 file; a new one when the file's
@@ -348,9 +352,13 @@ class Stack:
                 "127.0.0.1", self.api_port):
             raise StackError(f"port {self.api_port} is taken by a process this lab did not "
                              "start; set MOBILITY_API_PORT to another port")
+        tls = get_settings()
+        extra = (["--ssl-certfile", tls.api_tls_cert, "--ssl-keyfile", tls.api_tls_key]
+                 if tls.api_tls_cert and tls.api_tls_key else [])  # optional TLS
         self._spawn("api", [
             sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
             "--host", "127.0.0.1", "--port", str(self.api_port), "--log-level", "warning",
+            *extra,
         ], self.env(acl.API))
 
     def up(self, *, progress: Callable[[str], None] = lambda _: None) -> None:

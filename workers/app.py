@@ -7,6 +7,7 @@ task whose worker dies is not lost; prefetch of one so a busy worker does not ho
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery
@@ -90,6 +91,8 @@ def _logging(**_: object) -> None:
 @worker_ready.connect
 def _reap_on_start(sender: Any = None, **_: Any) -> None:
     """A restarted orchestration worker first looks for moves its predecessor left behind."""
-    queues = {q.name for q in sender.app.amqp.queues.values()} if sender is not None else set()
+    if sender is None or os.environ.get("MOBILITY_NODE"):
+        return  # a node agent: the reaper is the orchestrator's (agents may not send it)
+    queues = {q.name for q in sender.app.amqp.queues.values()}
     if ORCHESTRATION in queues:
         sender.app.send_task("moves.reap", queue=ORCHESTRATION, expires=60)

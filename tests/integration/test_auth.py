@@ -5,16 +5,23 @@ revoked or expired one (read from the app's own OpenAPI, so a new route is cover
 day it is added); each role may do what it should and gets 403 beyond it; a state-changing
 request from a browser origin not allowed is 403 even with a good token; tokens are made,
 listed (never shown again) and revoked through ``/v1/tokens`` by an admin; signals are rate
-limited per token (429); the OpenAPI declares the bearer scheme; CORS is off by default.
+limited per token (429); the OpenAPI declares the bearer scheme; CORS is off by default; with a
+certificate the API serves HTTPS (and no plain HTTP).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import ssl
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
@@ -28,7 +35,7 @@ from mobility import keys, tokens
 from mobility.settings import Settings
 from mobility.store import Registry
 from mobility.tokens import Role
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, free_port
 
 
 @pytest.fixture
@@ -177,3 +184,37 @@ def test_the_openapi_declares_the_bearer_scheme(redis_url: str) -> None:
     assert any(s.get("scheme") == "bearer" for s in schemes.values()), schemes
     assert spec["paths"]["/v1/moves"]["post"]["security"]
     assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+def test_the_api_serves_tls_when_given_a_certificate(redis_url: str, reg: Registry,
+                                                     tmp_path: Path) -> None:
+    cert, key = tmp_path / "api.pem", tmp_path / "api.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBILITY_")}
+    env.update(MOBILITY_REDIS_URL=redis_url, MOBILITY_ENV_FILE=os.devnull)
+    with open(tmp_path / "api.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory",
+                                 "api.app:create_app", "--host", "127.0.0.1", "--port",
+                                 str(port), "--ssl-certfile", str(cert), "--ssl-keyfile",
+                                 str(key)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        token = mint(reg, Role.VIEWER)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"https://127.0.0.1:{port}/v1/services",
+                              verify=ssl.create_default_context(cafile=str(cert)),
+                              headers={"Authorization": f"Bearer {token}"}, timeout=2)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()
+                time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        with pytest.raises(httpx.HTTPError):  # plain HTTP is not served
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        proc.terminate()
+        proc.wait(10)
