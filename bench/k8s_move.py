@@ -53,7 +53,6 @@ from mobility.settings import Settings
 from mobility.store import Registry
 from tests.conftest import RedisServer, free_port
 from tests.k8s.controlplane import ControlPlane
-from workers.app import client
 
 log = logging.getLogger("bench.k8s_move")
 
@@ -90,18 +89,6 @@ def propagation_ms(fed: KubeFedFederation, cp: ControlPlane, service: str, n: in
                 raise RuntimeError("KubeFed did not carry an edit to member-a in 30 s")
             time.sleep(0.005)
         samples.append((time.perf_counter() - t0) * 1000)
-    return samples
-
-
-def celery_roundtrip_ms(redis_url: str, n: int = 30) -> list[float]:
-    app = client(redis_url)
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        res = app.send_task("orchestrator.ping", queue="orchestration")
-        res.get(timeout=10)
-        samples.append((time.perf_counter() - t0) * 1000)
-        res.forget()
     return samples
 
 
@@ -150,7 +137,7 @@ class Processes:
                                    + (self.workdir / "api.log").read_text()[-2000:])
             time.sleep(0.1)
         try:
-            celery_roundtrip_ms(redis_url, n=1)
+            labs.celery_roundtrip_ms(redis_url, n=1)
         except Exception as exc:
             raise RuntimeError("the orchestration worker did not answer:\n"
                                + (self.workdir / "worker.log").read_text()[-2000:]) from exc
@@ -209,13 +196,13 @@ def main() -> int:
             procs = Processes(Path(tmp), redis_url=redis_server.url, kubeconfig=cp.kubeconfig)
             procs.wait_ready(redis_server.url)
             propagation = propagation_ms(fed, cp, "bench-client", 10)
-            roundtrip = celery_roundtrip_ms(redis_server.url)
+            roundtrip = labs.celery_roundtrip_ms(redis_server.url)
             record, token = tokens.mint(role=tokens.Role.OPERATOR, name="bench k8s_move",
                                         ttl_s=3600)
             registry.put_token(record)
             result, totals = run_moves(procs.api_url, token=token, moves=args.moves)
             propagation += propagation_ms(fed, cp, "bench-client", 10)
-            roundtrip += celery_roundtrip_ms(redis_server.url)
+            roundtrip += labs.celery_roundtrip_ms(redis_server.url)
             prop_p50 = statistics.median(propagation)
             result.update(
                 propagation_ms={"p50": round(prop_p50, 1), "samples": len(propagation)},

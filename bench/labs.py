@@ -67,3 +67,19 @@ def wait_counter(path: Path, *, key: str, at_least: int, timeout: float) -> bool
             return True
         time.sleep(0.05)
     return False
+
+
+def celery_roundtrip_ms(redis_url: str, n: int = 30) -> list[float]:
+    """``n`` round trips of the orchestrator's no-op task through the broker at
+    ``redis_url``, in ms: the floor under each Celery hop of a move, measured in the run."""
+    from workers.app import client
+
+    app = client(redis_url)
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        res = app.send_task("orchestrator.ping", queue="orchestration", expires=30)
+        res.get(timeout=10)
+        samples.append((time.perf_counter() - t0) * 1000)
+        res.forget()
+    return samples

@@ -25,31 +25,16 @@ import argparse
 import json
 import logging
 import statistics
-import time
 from typing import Any
 
 from bench import labs
 from bench.percentiles import distribution, nearest_rank
 from cli.demo import follow_events, wait_probe
 from cli.stack import Stack, default_stack
-from workers.app import client
 
 log = logging.getLogger("bench.move")
 
 ECHO, CLIENT = "bench-echo", "bench-client"
-
-
-def celery_roundtrip_ms(stack: Stack, n: int = 30) -> list[float]:
-    """``n`` round trips of the orchestrator's no-op task, in ms."""
-    app = client(stack.redis_url())
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        res = app.send_task("orchestrator.ping", queue="orchestration")
-        res.get(timeout=10)
-        samples.append((time.perf_counter() - t0) * 1000)
-        res.forget()
-    return samples
 
 
 def main() -> int:
@@ -73,7 +58,7 @@ def main() -> int:
 
 def run(stack: Stack, *, moves: int, rate: float) -> int:
     """The moves under the probe; prints the JSON object, returns the exit status."""
-    roundtrip_before = celery_roundtrip_ms(stack)
+    roundtrip_before = labs.celery_roundtrip_ms(stack.redis_url())
     totals: list[float] = []
     phases: dict[str, list[float]] = {}
     statuses: list[str] = []
@@ -119,7 +104,7 @@ def run(stack: Stack, *, moves: int, rate: float) -> int:
         api.delete(f"/v1/services/{CLIENT}").raise_for_status()
         probe = json.loads((pod_dir / "probe.json").read_text())
         api.delete(f"/v1/services/{ECHO}").raise_for_status()
-    roundtrip_after = celery_roundtrip_ms(stack)
+    roundtrip_after = labs.celery_roundtrip_ms(stack.redis_url())
     roundtrip = statistics.median(roundtrip_before + roundtrip_after)
     succeeded = statuses.count("succeeded")
     print(json.dumps({
