@@ -96,3 +96,7 @@ def _reap_on_start(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in sender.app.amqp.queues.values()}
     if ORCHESTRATION in queues:
         sender.app.send_task("moves.reap", queue=ORCHESTRATION, expires=60)
+        # and once more when a killed predecessor's lease has run out, so its move is taken
+        # over even while beat (the periodic reaper) is down too
+        sender.app.send_task("moves.reap", queue=ORCHESTRATION, expires=60,
+                             countdown=get_settings().lease_ttl_s + 1)
