@@ -690,12 +690,8 @@ class Engine:
 
         t = threading.Thread(target=refresh, name=f"lease-{move_id}", daemon=True)
         t.start()
-        failed = False
         try:
             yield held
-        except BaseException:
-            failed = True  # no hand-off: whoever runs the move next takes the lease now
-            raise
         finally:
             stop.set()
             t.join()
@@ -705,7 +701,7 @@ class Engine:
                 elif held.linger_s > 0:
                     self.registry.refresh_lease(move_id, token, ttl_s=held.linger_s,
                                                 value=f"backoff:{epoch}")
-                elif handoff and not failed:
+                elif handoff:  # also after an error: a retry in place (same epoch) takes it
                     self.registry.refresh_lease(move_id, token,
                                                 ttl_s=self.settings.lease_handoff_s,
                                                 value=f"handoff:{epoch}")
