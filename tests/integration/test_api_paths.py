@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
@@ -33,19 +31,6 @@ from mobility.store import Registry
 from tests.conftest import free_port
 from tests.integration.test_automation import offload_policy, sample
 from tests.integration.test_moves import Pair, wait_terminal
-
-
-@pytest.fixture
-def api(lab_stack: Stack) -> Iterator[httpx.Client]:
-    with lab_stack.api_client(timeout=60) as client:
-        yield client
-
-
-@pytest.fixture
-def registry(lab_stack: Stack) -> Iterator[Registry]:
-    reg = Registry.from_url(lab_stack.redis_url())
-    yield reg
-    reg.r.close()
 
 
 def deploy_echoes(api: httpx.Client, names: list[str]) -> None:

@@ -12,7 +12,6 @@ placement, and the plan it ran is visible.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,12 +20,6 @@ import pytest
 from cli.stack import Stack
 from mobility.store import Registry
 from tests.integration.test_moves import Pair, wait_terminal
-
-
-@pytest.fixture
-def api(lab_stack: Stack) -> Iterator[httpx.Client]:
-    with lab_stack.api_client(timeout=60) as client:
-        yield client
 
 
 def sample(**kw: Any) -> dict[str, Any]:

@@ -26,11 +26,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from cli import supervise
 from cli.stack import Stack
@@ -48,19 +46,6 @@ from tests.integration.test_moves import (
     wait_event,
     wait_terminal,
 )
-
-
-@pytest.fixture
-def api(lab_stack: Stack) -> Iterator[httpx.Client]:
-    with lab_stack.api_client(timeout=60) as client:
-        yield client
-
-
-@pytest.fixture
-def registry(lab_stack: Stack) -> Iterator[Registry]:
-    reg = Registry.from_url(lab_stack.redis_url())
-    yield reg
-    reg.r.close()
 
 
 def kill_orchestrator(stack: Stack, *, restart: bool = True) -> int:

@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -34,12 +33,6 @@ from mobility.store import Registry, acl
 from tests.integration.test_moves import Pair, release_pause, wait_event, wait_terminal
 
 NOPERM = redis.exceptions.NoPermissionError
-
-
-@pytest.fixture
-def api(lab_stack: Stack) -> Iterator[httpx.Client]:
-    with lab_stack.api_client(timeout=60) as client:
-        yield client
 
 
 def passwords(stack: Stack) -> dict[str, str]:

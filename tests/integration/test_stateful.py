@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -25,12 +24,6 @@ from mobility import keys
 from state_transfer.control import AgentClient
 from tests.conftest import STATE_TTL_S
 from tests.integration.test_moves import release_pause, wait_event, wait_terminal
-
-
-@pytest.fixture
-def api(lab_stack: Stack) -> Iterator[httpx.Client]:
-    with lab_stack.api_client(timeout=60) as client:
-        yield client
 
 
 class Sessions:
