@@ -12,6 +12,7 @@ from api.routers import (
     chains,
     clusters,
     health,
+    images,
     moves,
     operations,
     services,
@@ -32,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     limits.install(app)
     for r in (moves.router, services.router, chains.router, clusters.router,
-              operations.router, automation.router, tokens.router):
+              operations.router, automation.router, tokens.router, images.router):
         app.include_router(r, dependencies=[Authorized])
     app.include_router(health.router)  # open: see api.auth
     if settings.api_cors_origins:  # off unless origins are named

@@ -28,15 +28,15 @@ bearer = HTTPBearer(auto_error=False, description="a token from `mobility token 
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 ADMIN_PATHS = ("/v1/clusters", "/v1/policies", "/v1/rebalance/config",
-               "/v1/rebalance/schedule", "/v1/tokens")
+               "/v1/rebalance/schedule", "/v1/tokens", "/v1/images")
 OPERATOR_PATHS = ("/v1/policies/evaluate",)
 RATE_WINDOW_S = 60
 
 
 def needed(method: str, path: str) -> Role:
     """The role a request needs (``path``: the route's template, e.g. /v1/services/{name})."""
-    if path.startswith("/v1/tokens"):
-        return Role.ADMIN
+    if path.startswith("/v1/tokens") or path.endswith("/archive"):
+        return Role.ADMIN  # tokens; an image's archive (its files, perhaps someone's code)
     if method in READS:
         return Role.VIEWER
     if path.startswith(OPERATOR_PATHS):

@@ -47,18 +47,27 @@ async def _answer(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# Routes whose body is a file, streamed to disk by the route itself (never held): their own
+# cap, from the settings, instead of the general one. Method and exact path.
+UPLOADS = {("POST", "/v1/images"): "image_max_bytes"}
+
+
 class BodyLimit:
     """Pure ASGI middleware (no request object, no buffering): checks the announced length,
     then counts the bytes ``receive`` hands the app."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int,
+                 uploads: dict[tuple[str, str], int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.general_max = max_bytes
+        self.uploads = uploads or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.uploads.get((scope.get("method", ""), scope.get("path", "")),
+                                     self.general_max)
         lengths = [v.strip() for k, v in scope.get("headers", ())
                    if k.lower() == b"content-length"]
         if lengths:
@@ -66,8 +75,8 @@ class BodyLimit:
             if not all(v.isdigit() for v in lengths) or len({int(v) for v in lengths}) != 1:
                 await _answer(send, 400, "Content-Length must be one non-negative integer")
                 return
-            if int(lengths[0]) > self.max_bytes:
-                await _answer(send, 413, too_large(self.max_bytes))
+            if int(lengths[0]) > max_bytes:
+                await _answer(send, 413, too_large(max_bytes))
                 return
 
         seen = 0
@@ -78,8 +87,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if seen > max_bytes:
+                    raise BodyTooLarge(max_bytes)
             return message
 
         async def sending(message: Message) -> None:
@@ -94,10 +103,11 @@ class BodyLimit:
             # read outside a route (which answers it itself): answer here, unless too late
             if started:
                 raise
-            await _answer(send, 413, too_large(self.max_bytes))
+            await _answer(send, 413, too_large(max_bytes))
 
 
 def install(app: FastAPI) -> None:
     """Cap the app's request bodies at its settings' ``api_max_body_bytes``."""
     settings: Settings = app.state.settings
-    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes,
+                       uploads={k: int(getattr(settings, v)) for k, v in UPLOADS.items()})

@@ -8,7 +8,7 @@ from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from mobility import keys
-from mobility.models import Cluster, Instance, Move, PathHealth, Service
+from mobility.models import Cluster, ContainerSpec, Instance, Move, PathHealth, Service
 from mobility.operations import Operation
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]*$"  # a cluster's, service's or chain's: within keys.SAFE_COMPONENT
@@ -165,11 +165,47 @@ class MoveOut(BaseModel):
         )
 
 
+class PortIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    port: Annotated[int, Field(ge=1, le=65535)]
+    protocol: Literal["udp", "tcp"] = "udp"
+
+
+class ResourcesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float | Annotated[str, Field(max_length=16)] | None = Field(
+        default=None, description="cores: 0.5, or millicores: '500m'")
+    memory: int | Annotated[str, Field(max_length=16)] | None = Field(
+        default=None, description="bytes, or a quantity: '256Mi', '1Gi'")
+
+
+Arg = Annotated[str, Field(max_length=1024)]
+
+
 class ServiceRequest(BaseModel):
+    """A built-in ``workload`` with its ``params``, or an ``image`` of one's own with its
+    ``command``, ``args``, ``env``, ``ports`` and ``state``; ``resources`` apply to both."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(min_length=1, max_length=23, pattern=r"^[a-z][a-z0-9-]*$")]
-    workload: Annotated[str, Field(min_length=1, max_length=32)]
+    workload: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    image: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None, description="an imported image (GET /v1/images), e.g. 'counter:1'")
+    command: list[Arg] = Field(default_factory=list, max_length=64,
+                               description="replaces the image's entrypoint")
+    args: list[Arg] = Field(default_factory=list, max_length=64,
+                            description="replaces the image's cmd")
+    env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=64)
+    ports: list[PortIn] = Field(default_factory=list, max_length=16,
+                                description="the image is ready once all of them listen")
+    resources: ResourcesIn = Field(default_factory=ResourcesIn)
+    state: Literal["none", "sdk"] = Field(
+        default="none", description="'sdk': the application serves the state SDK on "
+                                    "/run/mobility/state.sock, and a move carries its state")
     cluster: Name
     params: dict[str, float | int] = Field(default_factory=dict, max_length=16)
     peers: list[Name] = Field(default_factory=list, max_length=16)
@@ -198,10 +234,30 @@ class HealthOut(BaseModel):
         return cls(ok=h.ok, checked_at=h.checked_at, node=h.node, links=dict(h.links))
 
 
+class ContainerOut(BaseModel):
+    image: str | None = Field(description="None: the built-in workload's reference image")
+    command: list[str]
+    args: list[str]
+    env: list[str] = Field(description="the names of the variables set (not their values)")
+    ports: list[PortIn]
+    state: str
+    cpu: float | None
+    memory: int | None
+
+    @classmethod
+    def of(cls, c: ContainerSpec) -> ContainerOut:
+        return cls(image=c.image, command=list(c.command), args=list(c.args),
+                   env=[k for k, _ in c.env],
+                   ports=[PortIn(port=p.port, protocol=p.protocol)  # type: ignore[arg-type]
+                          for p in c.ports],
+                   state=c.state, cpu=c.cpu, memory=c.memory)
+
+
 class ServiceOut(BaseModel):
     name: str
     workload: str
     params: dict[str, Any]
+    container: ContainerOut
     instance: InstanceOut | None
     moving: str | None
     links: list[LinkOut]
@@ -214,6 +270,7 @@ class ServiceOut(BaseModel):
     def of(cls, s: Service, links: list[LinkOut],
            health: PathHealth | None = None) -> ServiceOut:
         return cls(name=s.name, workload=s.workload, params=dict(s.params),
+                   container=ContainerOut.of(s.container),
                    instance=InstanceOut.of(s.instance), moving=s.moving, links=links,
                    chain=s.chain, health=HealthOut.of(health) if health else None)
 

@@ -234,7 +234,7 @@ def run(stack: Stack, *, runs: int, rate: float, timeout: float) -> int:
                                            "params": {"rate": HOLDER_RATE}})
         r.raise_for_status()
         client_pod = r.json()["instance"]["pod"]
-        progress = wait_probe(plan.run_dir / "pods" / client_pod / "progress.json",
+        progress = wait_probe(plan.run_dir / "pods" / client_pod / "io" / "progress.json",
                               received=3, timeout=10)
         namespace = plan.pod_namespace(api.get(f"/v1/services/{SVC}").json()["instance"]["pod"])
         period = reconcile_period_ms(registry, passes=4)

@@ -313,7 +313,7 @@ class Runner:
             self.call("DELETE", f"/v1/services/{service['name']}")
             raise CellError(f"deploying {client['name']}: HTTP {r.status_code} {r.text[:300]}")
         pair = Pair(service=str(service["name"]), client=str(client["name"]),
-                    pod_dir=self.stack.run_dir / "pods" / r.json()["instance"]["pod"],
+                    pod_dir=self.stack.run_dir / "pods" / r.json()["instance"]["pod"] / "io",
                     counter=counter)
         if not labs.wait_counter(pair.progress, key=counter, at_least=WARM, timeout=30):
             for name in (pair.client, pair.service):

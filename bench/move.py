@@ -75,7 +75,7 @@ def run(stack: Stack, *, moves: int, rate: float) -> int:
                                            "cluster": "core", "peers": [ECHO],
                                            "params": {"rate": rate}})
         r.raise_for_status()
-        pod_dir = stack.run_dir / "pods" / r.json()["instance"]["pod"]
+        pod_dir = stack.run_dir / "pods" / r.json()["instance"]["pod"] / "io"
         progress = pod_dir / "progress.json"
         wait_probe(progress, received=int(rate // 4), timeout=10)
         for i in range(moves):

@@ -100,7 +100,7 @@ def one_move(api: httpx.Client, stack: Stack, *, rate: str) -> dict[str, Any]:
     r = api.post("/v1/services", json={"name": CLIENT, "workload": "session-probe",
                                        "cluster": "core", "peers": [SVC]})
     r.raise_for_status()
-    progress = stack.run_dir / "pods" / r.json()["instance"]["pod"] / "progress.json"
+    progress = stack.run_dir / "pods" / r.json()["instance"]["pod"] / "io" / "progress.json"
     probe_out = progress.with_name("probe.json")
     if not labs.wait_counter(progress, key="answered", at_least=WARM_ANSWERS, timeout=20):
         raise RuntimeError(f"the session client got fewer than {WARM_ANSWERS} replies in 20 s")

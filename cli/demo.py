@@ -105,7 +105,7 @@ def run(*, plan: LabPlan, api_url: str, token: str, to_cluster: str = "edge",
         _check(api.post("/v1/services", json=service), f"deploying {ECHO}")
         say(f"deploying {CLIENT} ({client_spec['workload']} at {rate:g} req/s over nsm-1)")
         client = _check(api.post("/v1/services", json=client_spec), f"deploying {CLIENT}")
-        pod_dir = plan.run_dir / "pods" / client["instance"]["pod"]
+        pod_dir = plan.run_dir / "pods" / client["instance"]["pod"] / "io"
         wait_probe(pod_dir / "progress.json", received=int(rate // 4), timeout=10,
                    key="answered" if stateful else "received")
 
@@ -186,7 +186,7 @@ def run_chain(*, plan: LabPlan, api_url: str, token: str, move: str | None = Non
                          for n, w, c in DEFAULT_CHAIN]}), "deploying the chain")
         services = chain["services"]
         client = _check(api.get(f"/v1/services/{services[0]}"), "reading the client")
-        pod_dirs = [plan.run_dir / "pods" / client["instance"]["pod"]]
+        pod_dirs = [plan.run_dir / "pods" / client["instance"]["pod"] / "io"]
         wait_probe(pod_dirs[0] / "progress.json", received=int(rate // 4), timeout=15)
 
         svc = f"{CHAIN}-{move}"
@@ -200,7 +200,7 @@ def run_chain(*, plan: LabPlan, api_url: str, token: str, move: str | None = Non
         time.sleep(settle_s)
         if move == names[0] and m["status"] == "succeeded":
             moved = _check(api.get(f"/v1/services/{svc}"), "reading the client")
-            pod_dirs.append(plan.run_dir / "pods" / moved["instance"]["pod"])
+            pod_dirs.append(plan.run_dir / "pods" / moved["instance"]["pod"] / "io")
         where = _check(api.get(f"/v1/services/{svc}"), f"reading {svc}")["instance"]
         say("removing the chain (the client first)")
         _check(api.delete(f"/v1/chains/{CHAIN}"), "removing the chain")

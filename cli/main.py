@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli import demo as demo_mod
+from cli import images as images_mod
 from cli.client import api_client
 from cli.stack import Stack, StackError, default_stack
 from dataplane.lab import topology
@@ -27,6 +28,7 @@ app.add_typer(lab_app, name="lab")
 chain_app = typer.Typer(help="Service chains (client -> middleboxes -> server).",
                         no_args_is_help=True)
 app.add_typer(chain_app, name="chain")
+app.add_typer(images_mod.image_app, name="image")
 out = Console()
 err = Console(stderr=True)
 
@@ -79,12 +81,14 @@ def lab_down(as_json: JsonOpt = False) -> None:
     left = topology.namespaces_left(name)
     result = {"lab": name, "namespaces_removed": report.namespaces,
               "links_removed": report.links, "processes_ended": len(report.processes),
+              "containers_removed": report.containers,
               "namespaces_left": left}
     if as_json:
         print(json.dumps(result))
     else:
         out.print(f"lab [bold]{name}[/] is down: {len(report.namespaces)} namespaces, "
-                  f"{len(report.links)} host links, {len(report.processes)} processes removed")
+                  f"{len(report.links)} host links, {len(report.processes)} processes, "
+                  f"{len(report.containers)} container objects removed")
     if left:
         raise typer.Exit(1)
 
@@ -284,6 +288,29 @@ def chain_delete(name: str) -> None:
         err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
         raise typer.Exit(1)
     out.print(f"chain {name} removed")
+
+
+@app.command("deploy")
+def deploy(file: Annotated[str, typer.Argument(help="a service file (TOML or YAML)")],
+           as_json: JsonOpt = False) -> None:
+    """Deploy the service a file declares (through the API)."""
+    from pathlib import Path
+
+    path = Path(file)
+    if not path.is_file():
+        raise typer.BadParameter(f"{file}: no such file")
+    images_mod.deploy(path, as_json=as_json)
+
+
+@app.command("remove")
+def remove(service: str) -> None:
+    """Remove a service and its links (through the API)."""
+    with api_client(timeout=300) as api:
+        resp = api.delete(f"/v1/services/{service}")
+    if resp.status_code >= 400:
+        err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
+        raise typer.Exit(1)
+    out.print(f"service {service} removed")
 
 
 @app.command("move")

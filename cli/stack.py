@@ -18,6 +18,7 @@ component finds its Redis URL in its own 0600 env file (``redis/<user>.env``, na
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import secrets
@@ -35,6 +36,9 @@ import redis
 
 from cli import supervise
 from cli.client import ApiClient
+from dataplane import containers
+from dataplane.errors import DataplaneError
+from dataplane.lab import images as lab_images
 from dataplane.lab import topology
 from dataplane.lab.topology import LabPlan
 from mobility import tokens
@@ -174,6 +178,7 @@ class Stack:
                          f"{self.redis_port}/0")
         if user in (acl.API, acl.ORCHESTRATOR):
             lines.append(f"MOBILITY_CREDENTIALS_KEY={self._credentials_key()}")
+            lines.append(f"MOBILITY_IMAGE_DIR={self.image_dir}")
         path = self.redis_dir / f"{user}.env"
         _write_private(path, "\n".join(lines) + "\n")
         return path
@@ -320,6 +325,57 @@ class Stack:
             reg.put_cluster(cluster)
         self._ensure_token(reg)
 
+    @property
+    def containerd_paths(self) -> containers.ContainerdPaths:
+        return containers.ContainerdPaths(self.run_dir)
+
+    @property
+    def image_dir(self) -> Path:
+        """Where this lab keeps the archives of imported images (outside the run
+        directory: a lab brought down and up again still has them)."""
+        return Path(get_settings().image_dir) / self.plan.name
+
+    def ensure_containerd(self) -> None:
+        """The lab's own containerd: root, state and socket under the run directory, so it
+        never touches a host's containerd (nor another lab's)."""
+        if shutil.which("containerd") is None or shutil.which("runc") is None:
+            raise StackError("containerd and runc are not installed: run scripts/setup.sh "
+                             "(or apt-get install containerd runc)")
+        paths = self.containerd_paths
+        paths.write_config()
+        self._spawn("containerd", paths.argv(), self.env())
+        ctr = paths.client(self.plan.name)
+        try:
+            ctr.wait_up(30)
+        except DataplaneError as exc:
+            tail = (self.logs / "containerd.log").read_text()[-2000:]
+            raise StackError(f"containerd did not come up: {exc}\n{tail}") from exc
+
+    def ensure_images(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
+        """The reference images (built once per machine, cached) and every image imported
+        before, loaded into the lab's runtime and catalogued."""
+        from workers import images as image_tasks
+
+        ctr = self.containerd_paths.client(self.plan.name)
+        reg = Registry(redis.Redis.from_url(self.redis_url()))
+        held = {i.name for i in ctr.images()}
+        try:
+            archives = lab_images.build_reference()
+        except lab_images.ReferenceImageError as exc:
+            raise StackError(str(exc)) from exc
+        if not all(name in held and reg.get_image(name) is not None for name in archives):
+            # one bundle of all of them: ctr sends every blob of an archive, even those it
+            # holds, so six archives sharing a rootfs would send it six times
+            progress("reference images")
+            image_tasks.load(reg, ctr, lab_images.bundle_path(), source="reference")
+            for name, archive in archives.items():  # each keeps its own archive (--from)
+                record = reg.get_image(name)
+                if record is not None:
+                    reg.put_image(dataclasses.replace(record, archive=str(archive)))
+        kept = image_tasks.load_kept(reg, ctr, self.image_dir)
+        if kept:
+            progress(f"{len(kept)} imported image(s)")
+
     def ensure_agents(self) -> None:
         for n in self.plan.nodes:
             self._spawn(f"agent-{n.cluster}-{n.name}", [
@@ -366,6 +422,9 @@ class Stack:
         self.ensure_lab()
         progress("redis")
         self.ensure_redis()
+        progress("containerd")
+        self.ensure_containerd()
+        self.ensure_images(progress=progress)
         progress("node agents, orchestrator, beat, api")
         self.ensure_agents()
         self.ensure_orchestrator()

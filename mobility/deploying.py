@@ -7,6 +7,7 @@ kept for the link's life: moves reuse it so peers never see a new address.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -16,7 +17,15 @@ from collections.abc import Callable, Iterator, Sequence
 from mobility import chains, planning, workloads
 from mobility.chains import Chain
 from mobility.errors import Conflict, FederationError, Invalid, MobilityError, NotFound
-from mobility.models import Instance, Link, LinkEnd, Params, Service
+from mobility.models import (
+    IMAGE_WORKLOAD,
+    ContainerSpec,
+    Instance,
+    Link,
+    LinkEnd,
+    Params,
+    Service,
+)
 from mobility.ports import Federation, Wiring
 from mobility.settings import Settings
 from mobility.store import Job, Registry
@@ -142,8 +151,13 @@ class Deployer:
 
     def deploy(self, *, name: str, workload: str, params: Params, cluster: str,
                peers: list[str], start: bool = True, target: str | None = None,
-               chain: str | None = None, faults: Sequence[str] = ()) -> Service:
+               chain: str | None = None, faults: Sequence[str] = (),
+               container: ContainerSpec | None = None) -> Service:
         """Deploy a service with a link to each peer.
+
+        ``container`` (checked by :func:`workloads.check_container`) is a user's image with
+        its command, environment, ports and state mode (``workload`` is then
+        ``"image"``), or the resources of a built-in workload's container.
 
         ``start=False`` leaves the workload unstarted (a chain starts its client once every
         element has its routes); ``target`` overrides a client's destination (a chain's client
@@ -152,7 +166,28 @@ class Deployer:
         if not NAME.fullmatch(name):
             raise Invalid(f"service name {name!r}: lowercase letters, digits and '-', "
                           "starting with a letter, at most 23 characters")
-        params = workloads.check(workload, params)
+        container = container or ContainerSpec()
+        if workload == IMAGE_WORKLOAD:
+            if container.image is None:
+                raise Invalid("image: a service of workload 'image' names its image")
+            if params:
+                raise Invalid("params: a service with its own image takes 'command', 'args' "
+                              "and 'env', not 'params'")
+            record = self.registry.get_image(container.image)
+            if record is None:
+                known = ", ".join(i.name for i in self.registry.images()) or "none"
+                raise Invalid(f"image: {container.image!r} is not imported (import it with "
+                              f"'mobility image import FILE'; imported: {known})")
+            if container.args and not container.command:
+                # args replace the image's cmd only: its entrypoint stays the command
+                container = dataclasses.replace(container, command=record.entrypoint)
+            if not (container.command or container.args or record.entrypoint or record.cmd):
+                raise Invalid(f"command: image {container.image!r} names no entrypoint or "
+                              "cmd, so the service must give a 'command'")
+        else:
+            if container.image is not None:
+                raise Invalid("image: a built-in workload runs its reference image")
+            params = workloads.check(workload, params)
         clusters = self.registry.clusters()
         if cluster not in clusters:
             raise NotFound(f"cluster {cluster!r} does not exist (known clusters: "
@@ -186,13 +221,15 @@ class Deployer:
         with self._journal(Job(kind="deploy", name=name, instance=instance)) as progress:
             return self._deploy(name=name, workload=workload, params=params, start=start,
                                 target=target, chain=chain, instance=instance,
-                                peer_svcs=peer_svcs, progress=progress, faults=faults)
+                                peer_svcs=peer_svcs, progress=progress, faults=faults,
+                                container=container)
 
     def _deploy(self, *, name: str, workload: str, params: Params, start: bool,
                 target: str | None, chain: str | None, instance: Instance,
                 peer_svcs: list[Service], progress: Callable[[Job], None],
-                faults: Sequence[str]) -> Service:
-        svc = Service(name=name, workload=workload, params=params, chain=chain)
+                faults: Sequence[str], container: ContainerSpec) -> Service:
+        svc = Service(name=name, workload=workload, params=params, chain=chain,
+                      container=container)
         self.registry.put_service(svc, create=True)
 
         links: list[tuple[Link, Service]] = []
@@ -212,12 +249,12 @@ class Deployer:
             if workload in workloads.CLIENTS:
                 link, peer = links[0]
                 svc.params["target"] = target or (
-                    f"{link.peer_of(name).ip}:{peer.params.get('port', 7000)}")
+                    f"{link.peer_of(name).ip}:{workloads.serving_port(peer)}")
             svc.links = [link.id for link, _ in links]
             self.registry.put_service(svc)
 
             self.federation.place(instance=instance, workload=workload, params=svc.params,
-                                  start=False)
+                                  start=False, container=container)
             for link, peer in links:
                 assert peer.instance is not None
                 self.wiring.create_end(link=link, service=name, instance=instance,
@@ -228,7 +265,8 @@ class Deployer:
             if "pause:deploy" in faults:  # fault injection: hold with the pod placed
                 self.registry.wait_pause_released(f"deploy-{name}", timeout=120)
             if start:
-                self.federation.start(instance=instance, workload=workload, params=svc.params)
+                self.federation.start(instance=instance, workload=workload, params=svc.params,
+                                      container=container)
                 self.federation.wait_ready(instance=instance,
                                            timeout=self.settings.ready_timeout_s)
         except Exception:

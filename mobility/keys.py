@@ -27,6 +27,7 @@ REBALANCE_CONFIG = f"{PREFIX}rebalance:config"
 REBALANCE_LAST = f"{PREFIX}rebalance:last"  # the last plan the scheduled rebalancer ran
 REDBEAT_PREFIX = f"{PREFIX}redbeat:"  # celery-redbeat's own keys start with this
 TOKENS = f"{PREFIX}tokens"  # set of API token ids
+IMAGES = f"{PREFIX}images"  # hash: image name -> its catalogue record (msgpack)
 BENCH_VALUE = f"{PREFIX}bench:value"  # the value bench/state.py SETs and GETs for its baseline
 
 

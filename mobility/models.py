@@ -138,11 +138,65 @@ class Link:
         return cls(id=d["id"], vni=int(d["vni"]), ends=(a, b))
 
 
+@dataclass(frozen=True)
+class Port:
+    """A port the application serves on; a user image is ready once all of them listen."""
+
+    port: int
+    protocol: str = "udp"  # "udp" or "tcp"
+
+
+# The workload name of a service that runs a user's image (not a built-in workload).
+IMAGE_WORKLOAD = "image"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What a service's container runs, beyond a built-in workload's name and parameters.
+
+    ``image`` None means the built-in workload's reference image, whose command the node
+    agent builds from the workload's checked parameters. ``state`` is ``"sdk"`` when the
+    application embeds the state SDK and serves it on ``/run/mobility/state.sock`` (the
+    socket the platform mounts into every container), ``"none"`` otherwise. ``cpu`` is in
+    cores, ``memory`` in bytes; None is no limit.
+    """
+
+    image: str | None = None
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    ports: tuple[Port, ...] = ()
+    state: str = "none"
+    cpu: float | None = None
+    memory: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "command": list(self.command), "args": list(self.args),
+                "env": {k: v for k, v in self.env},
+                "ports": [{"port": p.port, "protocol": p.protocol} for p in self.ports],
+                "state": self.state, "cpu": self.cpu, "memory": self.memory}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ContainerSpec:
+        if not d:
+            return cls()
+        env = d.get("env") or {}
+        return cls(image=d.get("image"), command=tuple(d.get("command") or ()),
+                   args=tuple(d.get("args") or ()),
+                   env=tuple((str(k), str(v)) for k, v in dict(env).items()),
+                   ports=tuple(Port(port=int(p["port"]), protocol=str(p.get("protocol", "udp")))
+                               for p in d.get("ports") or ()),
+                   state=str(d.get("state") or "none"),
+                   cpu=None if d.get("cpu") is None else float(d["cpu"]),
+                   memory=None if d.get("memory") is None else int(d["memory"]))
+
+
 @dataclass
 class Service:
     name: str
     workload: str
     params: Params = field(default_factory=dict)
+    container: ContainerSpec = field(default_factory=ContainerSpec)
     instance: Instance | None = None
     links: list[str] = field(default_factory=list)  # link ids
     moving: str | None = None  # id of the move in progress, if any
@@ -155,6 +209,7 @@ class Service:
             "name": self.name,
             "workload": self.workload,
             "params": dict(self.params),
+            "container": self.container.to_dict(),
             "instance": self.instance.to_dict() if self.instance else None,
             "links": list(self.links),
             "moving": self.moving,
@@ -169,6 +224,7 @@ class Service:
             name=d["name"],
             workload=d["workload"],
             params=dict(d.get("params") or {}),
+            container=ContainerSpec.from_dict(d.get("container")),
             instance=Instance.from_dict(inst) if inst else None,
             links=list(d.get("links") or []),
             moving=d.get("moving"),

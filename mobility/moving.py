@@ -134,7 +134,7 @@ class MoveRequests:
         move = Move(id=new_move_id(), service=service, from_cluster=svc.instance.cluster,
                     to_cluster=to_cluster, created_at=time.time(), source=svc.instance,
                     faults=faults, origin=origin, strategy=strategy,
-                    stateful=svc.workload in workloads.STATEFUL, policy_id=policy_id,
+                    stateful=workloads.is_stateful(svc), policy_id=policy_id,
                     trigger=trigger)
         peers = [link.peer_of(service).service for link in self.registry.links_of(svc)]
         self.registry.create_move(move, peers=peers)
@@ -267,7 +267,7 @@ class Engine:
         if svc.workload in workloads.PAUSABLE:
             params["paused"] = True  # a client sends once its links carry its traffic
         self.federation.place(instance=target, workload=svc.workload, params=params,
-                              start=True)
+                              start=True, container=svc.container)
         self.federation.wait_ready(instance=target, timeout=self.settings.ready_timeout_s)
 
     def _wire(self, move: Move, epoch: int) -> None:

@@ -72,6 +72,7 @@ class CreatePod(NodeOp[None]):
     workload: str
     params: Params
     start: bool = True
+    container: Mapping[str, Any] | None = None  # ContainerSpec.to_dict()
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class StartWorkload(NodeOp[None]):
     pod: str
     workload: str
     params: Params
+    container: Mapping[str, Any] | None = None  # ContainerSpec.to_dict()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
-from mobility.models import Instance, Link, Node, Params
+from mobility.models import ContainerSpec, Instance, Link, Node, Params
 from mobility.node_ops import NodeOp
 
 R = TypeVar("R")
@@ -27,11 +27,15 @@ class NodeAgent(Protocol):
 
 
 class Federation(Protocol):
-    def place(self, *, instance: Instance, workload: str, params: Params, start: bool) -> None:
-        """Create the instance; start its workload now when ``start``. Idempotent."""
+    def place(self, *, instance: Instance, workload: str, params: Params, start: bool,
+              container: ContainerSpec | None = None) -> None:
+        """Create the instance; start its workload now when ``start``. Idempotent.
+
+        ``container``: the user's image and its settings, or a built-in workload's limits."""
         ...
 
-    def start(self, *, instance: Instance, workload: str, params: Params) -> None:
+    def start(self, *, instance: Instance, workload: str, params: Params,
+              container: ContainerSpec | None = None) -> None:
         """Start the workload of an instance placed with ``start=False``. Idempotent."""
         ...
 

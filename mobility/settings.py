@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     credentials_key: SecretStr = SecretStr("")
     # The largest request body the API reads (413 beyond it, counted as it streams in).
     api_max_body_bytes: int = Field(default=1 << 20, ge=0)
+    # Where imported images' archives are kept (so the lab's container runtime, which lives
+    # in the run directory, gets them back at every start), and the largest one taken.
+    image_dir: str = "/var/lib/service-mobility/images"
+    image_max_bytes: int = Field(default=8 << 30, ge=0)
     # How many distinct signal series one service (or, cluster-level, one cluster) may hold.
     max_series_per_owner: int = Field(default=64, ge=1, le=4096)
 

@@ -20,6 +20,10 @@ command -v nsenter >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v ping >/dev/null || missing+=(iputils-ping)
 command -v python3 >/dev/null || missing+=(python3)
+# the lab runs its pods as OCI containers under its own containerd; images are built here
+command -v containerd >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || missing+=(runc)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
@@ -50,4 +54,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/pip install -q -e '.[dev]'
     echo "$want" > "$stamp"
 fi
+# The reference workloads' images: a Debian rootfs with Python (debootstrap, ~40 s, cached
+# under ~/.cache/service-mobility), then the images built from the project's own files
+# (cached by a hash of those files, rebuilt when they change).
+bash scripts/base_rootfs.sh
+.venv/bin/python -m dataplane.lab.images build >/dev/null
 say "ready"

@@ -64,7 +64,7 @@ def configure(app: Celery, url: str) -> None:
         redbeat_key_prefix=keys.REDBEAT_PREFIX,
         redbeat_lock_timeout=30,
         include=["workers.moves", "workers.deploying", "workers.node", "workers.clusters",
-                 "workers.automation"],
+                 "workers.automation", "workers.images"],
     )
 
 

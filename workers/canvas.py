@@ -34,6 +34,8 @@ DEPLOY_CHAIN = "chains.deploy"
 REMOVE_CHAIN = "chains.remove"
 REAP_JOBS = "jobs.reap"
 JOIN_CLUSTER = "clusters.join"
+IMPORT_IMAGE = "images.import"
+REMOVE_IMAGE = "images.remove"
 UNJOIN_CLUSTER = "clusters.unjoin"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
+from mobility import workloads
 from mobility.chains import Chain
 from mobility.deploying import Deployer
 from mobility.errors import Invalid, MobilityError, Wire, to_wire
@@ -39,10 +40,13 @@ def _deploy(spec: Mapping[str, object]) -> Wire:
         faults = spec.get("faults") or []
         if not isinstance(faults, list):
             raise Invalid("faults must be a list")
-        svc = deployer().deploy(name=str(spec["name"]), workload=str(spec["workload"]),
+        raw_workload = spec.get("workload")
+        workload, container = workloads.check_container(
+            None if raw_workload is None else str(raw_workload), spec)
+        svc = deployer().deploy(name=str(spec["name"]), workload=workload,
                                 params=dict(params), cluster=str(spec["cluster"]),
                                 peers=[str(p) for p in peers],
-                                faults=[str(f) for f in faults])
+                                faults=[str(f) for f in faults], container=container)
     except MobilityError as exc:
         return to_wire(exc)
     return {"ok": True, "location": f"/v1/services/{svc.name}"}

@@ -57,9 +57,11 @@ def _failed(message: str, *, errno: int | None, retryable: bool) -> Answer:
 
 HANDLERS: Mapping[type[ops.AnyOp], Handler] = {
     ops.CreatePod: lambda rt, op: rt.create_pod(pod=op.pod, workload=op.workload,
-                                                params=dict(op.params), start=op.start),
+                                                params=dict(op.params), start=op.start,
+                                                container=op.container),
     ops.StartWorkload: lambda rt, op: rt.start_workload(pod=op.pod, workload=op.workload,
-                                                        params=dict(op.params)),
+                                                        params=dict(op.params),
+                                                        container=op.container),
     ops.WaitReady: lambda rt, op: rt.wait_ready(pod=op.pod, timeout=float(op.timeout)),
     ops.DeletePod: lambda rt, op: rt.delete_pod(pod=op.pod),
     ops.CreateEnd: reconciling.create_end,

@@ -15,8 +15,9 @@ from api.schemas import (
     ServiceRequest,
     answers,
 )
+from mobility import workloads
 from mobility.errors import Conflict, Invalid, NotFound
-from mobility.models import Service
+from mobility.models import IMAGE_WORKLOAD, Service
 from mobility.store import Registry
 from workers import canvas
 
@@ -49,10 +50,25 @@ def get_service(name: NamePath, registry: RegistryDep) -> ServiceOut:
 def create_service(body: ServiceRequest, registry: RegistryDep, response: Response,
                    settings: SettingsDep) -> Accepted:
     """Queue the deploy (202); ``GET`` the operation until it ends. What can be checked here
-    is: a name in use (409), an unknown cluster or peer (404)."""
+    is: the container settings and an image not imported (422, naming the field), a name in
+    use (409), an unknown cluster or peer (404)."""
     if body.faults and not settings.fault_injection:
         raise Invalid("fault injection is off (set MOBILITY_FAULT_INJECTION=1 on a test "
                       "deployment to use 'faults')")
+    spec = body.model_dump()
+    # What can be checked before anything is queued is checked here, naming the field.
+    workload, container = workloads.check_container(body.workload, spec)
+    if workload == IMAGE_WORKLOAD:
+        if body.params:
+            raise Invalid("params: a service with its own image takes 'command', 'args' and "
+                          "'env', not 'params'")
+        assert container.image is not None
+        if registry.get_image(container.image) is None:
+            raise Invalid(f"image: {container.image!r} is not imported (see GET /v1/images; "
+                          "import with 'mobility image import FILE')")
+    else:
+        assert body.workload is not None
+        workloads.check(body.workload, dict(body.params))
     if registry.get_service(body.name) is not None:
         raise Conflict(f"service {body.name!r} already exists")
     if registry.get_cluster(body.cluster) is None:
@@ -60,8 +76,7 @@ def create_service(body: ServiceRequest, registry: RegistryDep, response: Respon
     for peer in body.peers:
         if registry.get_service(peer) is None:
             raise NotFound(f"peer {peer!r} does not exist")
-    op = canvas.submit(registry, canvas.DEPLOY_SERVICE, target=body.name,
-                       args=[body.model_dump()])
+    op = canvas.submit(registry, canvas.DEPLOY_SERVICE, target=body.name, args=[spec])
     response.headers["Location"] = f"/v1/operations/{op.id}"
     return Accepted(operation=OperationOut.of(op))
 

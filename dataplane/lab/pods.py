@@ -1,12 +1,19 @@
 """Pods on one lab node: what a node agent does for its node.
 
 A pod is a network namespace with ``eth0`` on the node's pod bridge (``cni0``) and a default
-route through the node, plus the NSM-style links the orchestrator asks for. Its workload is a
-real process started inside the namespace. The agent runs inside the node's namespace, so the
-VxLAN sockets of the links it makes live on the node's underlay.
+route through the node, plus the NSM-style links the orchestrator asks for. Its workload is an
+OCI container run by the lab's own containerd (:mod:`dataplane.containers`) inside that
+namespace: a reference image for a built-in workload (:mod:`dataplane.lab.images`), or the
+user's image. The agent runs inside the node's namespace, so the VxLAN sockets of the links it
+makes live on the node's underlay.
 
-Per pod, ``<run dir>/pods/<pod>/`` holds ``meta.json`` (node, address, PID), the workload's
-log, its ready file and, for a probe, its results.
+Per pod, ``<run dir>/pods/<pod>/`` holds what only the node agent sees: ``meta.json`` (node,
+address, the container's host PID), the container's log and env file, and for a stateful
+workload the state relay's socket ``state.sock`` (the orchestrator's end, which holds the
+move's key and Redis credentials) and its log. ``io/`` inside it is mounted into the container
+at ``/run/mobility``: the workload's ready file, a probe's results, and the application's own
+state SDK socket, which the relay talks to. Nothing in ``io/`` is trusted by the agent beyond
+"the file is there".
 """
 
 from __future__ import annotations
@@ -26,25 +33,31 @@ from pathlib import Path
 from typing import Any
 
 from dataplane import links, netlink
+from dataplane.containers import ContainerdPaths, ContainerRun, Mount
 from dataplane.errors import DataplaneError
+from dataplane.lab import images
 from dataplane.lab.topology import LabPlan, NodePlan, is_running
 from dataplane.netlink import Netlink
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 3.0
+IO_DIR = "io"
+IN_CONTAINER = "/run/mobility"  # where a container sees its pod's io/ directory
+STATE_SOCKET = f"{IN_CONTAINER}/state.sock"  # the application's state SDK socket
 
-# What a workload's environment may hold of its agent's: how to run Python and nothing about
-# the control plane. An application never gets a control-plane credential (the node agent's
-# Redis URL, its env file): a stateful one reaches Redis only with the per-move user the
-# orchestrator hands its state agent over its control socket.
+# What a state relay's environment may hold of its agent's: how to run Python and nothing
+# about the control plane. The relay gets the move's key and its per-move Redis user over its
+# socket from the orchestrator, never from its environment.
 WORKLOAD_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH",
                 "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "MOBILITY_FAULT_INJECTION",
                 "MOBILITY_LOG_LEVEL")
+# What a container gets from the agent's environment: only whether faults may be injected.
+CONTAINER_ENV = ("MOBILITY_FAULT_INJECTION",)
 
 
 def workload_env(agent_env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A workload's environment: the allowed variables of its agent's (``os.environ``)."""
+    """A host-side helper's environment: the allowed variables of its agent's."""
     source = os.environ if agent_env is None else agent_env
     env = {k: source[k] for k in WORKLOAD_ENV if k in source}
     env.setdefault("PATH", os.defpath)
@@ -52,44 +65,105 @@ def workload_env(agent_env: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def workload_argv(workload: str, params: dict[str, Any], pod_dir: Path) -> list[str]:
-    """The command line of a named workload; nothing else is ever run."""
-    ready = str(pod_dir / "ready")
+def workload_argv(workload: str, params: Mapping[str, Any], io: str = IN_CONTAINER,
+                  python: str = "python3") -> list[str]:
+    """The command line of a named workload, its files under ``io`` (as the container sees
+    them); nothing else is ever run for a built-in workload."""
+    ready = f"{io}/ready"
+    module = images.REFERENCE_MODULES.get(workload)
+    if module is None:
+        raise DataplaneError(f"unknown workload {workload!r}")
+    argv = [python, "-m", module]
     if workload == "echo":
-        return [sys.executable, "-m", "dataplane.lab.workloads.echo",
-                "--port", str(int(params.get("port", 7000))), "--ready-file", ready]
+        return [*argv, "--port", str(int(params.get("port", 7000))), "--ready-file", ready]
     if workload == "probe":
-        argv = [sys.executable, "-m", "dataplane.lab.workloads.probe",
-                "--target", str(params["target"]), "--rate", str(float(params.get("rate", 1000))),
-                "--count", str(int(params.get("count", 0))),
-                "--out", str(pod_dir / "probe.json"), "--progress", str(pod_dir / "progress.json"),
-                "--paused-file", str(pod_dir / "paused"), "--ready-file", ready]
+        argv += ["--target", str(params["target"]), "--rate", str(float(params.get("rate", 1000))),
+                 "--count", str(int(params.get("count", 0))),
+                 "--out", f"{io}/probe.json", "--progress", f"{io}/progress.json",
+                 "--paused-file", f"{io}/paused", "--ready-file", ready]
         if params.get("paused"):
             argv.append("--paused")
         return argv
     if workload == "middlebox":
-        return [sys.executable, "-m", "dataplane.lab.workloads.middlebox",
-                "--flows", str(pod_dir / "flows.json"), "--ready-file", ready]
+        return [*argv, "--flows", f"{io}/flows.json", "--ready-file", ready]
     if workload == "sessions":
-        argv = [sys.executable, "-m", "dataplane.lab.workloads.sessions",
-                "--port", str(int(params.get("port", 7000))),
-                "--control", str(pod_dir / "state.sock"),
-                "--state-mb", str(float(params.get("state_mb", 0))),
-                "--dirty-rate", str(float(params.get("dirty_rate", 0))), "--ready-file", ready]
+        argv += ["--port", str(int(params.get("port", 7000))),
+                 "--control", f"{io}/state.sock",
+                 "--state-mb", str(float(params.get("state_mb", 0))),
+                 "--dirty-rate", str(float(params.get("dirty_rate", 0))), "--ready-file", ready]
         if params.get("restore"):
             argv.append("--restore")
         return argv
     if workload == "session-probe":
-        argv = [sys.executable, "-m", "dataplane.lab.workloads.session_probe",
-                "--target", str(params["target"]), "--rate", str(float(params.get("rate", 1000))),
-                "--sessions", str(int(params.get("sessions", 16))),
-                "--rto-ms", str(float(params.get("rto_ms", 100))),
-                "--out", str(pod_dir / "probe.json"), "--progress", str(pod_dir / "progress.json"),
-                "--paused-file", str(pod_dir / "paused"), "--ready-file", ready]
+        argv += ["--target", str(params["target"]), "--rate", str(float(params.get("rate", 1000))),
+                 "--sessions", str(int(params.get("sessions", 16))),
+                 "--rto-ms", str(float(params.get("rto_ms", 100))),
+                 "--out", f"{io}/probe.json", "--progress", f"{io}/progress.json",
+                 "--paused-file", f"{io}/paused", "--ready-file", ready]
         if params.get("paused"):
             argv.append("--paused")
         return argv
     raise DataplaneError(f"unknown workload {workload!r}")
+
+
+STATEFUL_WORKLOADS = frozenset({"sessions"})
+
+
+def container_run(*, pod: str, pod_dir: Path, netns: str, workload: str,
+                  params: Mapping[str, Any], spec: Mapping[str, Any],
+                  agent_env: Mapping[str, str] | None = None) -> ContainerRun:
+    """What containerd runs for a pod: the reference image of a built-in workload with its
+    command line, or the user's image with theirs; the pod's io/ at /run/mobility."""
+    source = os.environ if agent_env is None else agent_env
+    env = {k: source[k] for k in CONTAINER_ENV if k in source}
+    image = spec.get("image")
+    argv: tuple[str, ...] | None
+    if image is None:
+        image = images.reference_image(workload)
+        argv = tuple(workload_argv(workload, params))
+    else:
+        # As Kubernetes does: command replaces the entrypoint, args the cmd; with neither, the
+        # image's own. (A spec with only args got the image's entrypoint as its command from
+        # the catalogue at deploy time: the runtime takes a whole command line or none.)
+        command, args = tuple(spec.get("command") or ()), tuple(spec.get("args") or ())
+        argv = (command + args) or None
+        env.update({str(k): str(v) for k, v in dict(spec.get("env") or {}).items()})
+        if spec.get("state") == "sdk":
+            env["MOBILITY_STATE_SOCKET"] = STATE_SOCKET
+        if params.get("restore"):
+            env["MOBILITY_RESTORE"] = "1"
+    return ContainerRun(
+        id=pod, image=str(image), argv=argv, env=env, netns=f"/var/run/netns/{netns}",
+        mounts=(Mount(src=str(pod_dir / IO_DIR), dst=IN_CONTAINER, readonly=False),),
+        cpus=spec.get("cpu"), memory_bytes=spec.get("memory"),
+        log_path=pod_dir / "workload.log", cwd=None, files_dir=pod_dir)
+
+
+def _listening(pid: int, ports: list[tuple[int, str]]) -> bool:
+    """Whether every (port, protocol) has a bound socket in the network namespace of
+    ``pid`` (read from its /proc/<pid>/net tables: no traffic sent)."""
+    want: dict[str, set[int]] = {"tcp": set(), "udp": set()}
+    for port, proto in ports:
+        want[proto].add(port)
+    for proto, wanted in want.items():
+        if not wanted:
+            continue
+        found: set[int] = set()
+        for table in (proto, proto + "6"):
+            try:
+                lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                cols = line.split()
+                local, state = cols[1], cols[3]
+                # TCP: LISTEN (0A); UDP: any bound socket (07, unconnected)
+                if proto == "tcp" and state != "0A":
+                    continue
+                found.add(int(local.rsplit(":", 1)[1], 16))
+        if not wanted <= found:
+            return False
+    return True
 
 
 class NodeRuntime:
@@ -99,12 +173,16 @@ class NodeRuntime:
         self.plan = plan
         self.node = node
         self.pods_dir = plan.run_dir / "pods"
+        self.containers = ContainerdPaths(plan.run_dir).client(plan.name)
         self._handles: dict[str, Netlink] = {}
 
     # --- pods ---
 
     def pod_dir(self, pod: str) -> Path:
         return self.pods_dir / pod
+
+    def io_dir(self, pod: str) -> Path:
+        return self.pods_dir / pod / IO_DIR
 
     def _meta(self, pod: str) -> dict[str, Any] | None:
         path = self.pod_dir(pod) / "meta.json"
@@ -134,14 +212,15 @@ class NodeRuntime:
         return "p" + hashlib.sha1(pod.encode()).hexdigest()[:10]
 
     def create_pod(self, *, pod: str, workload: str, params: dict[str, Any],
-                   start: bool) -> dict[str, Any]:
+                   start: bool, container: Mapping[str, Any] | None = None) -> dict[str, Any]:
         ns = self.plan.pod_namespace(pod)
         meta = self._meta(pod)
         if meta is None:
             meta = {"pod": pod, "namespace": ns, "cluster": self.node.cluster,
                     "node": self.node.name, "ip": self._allocate_ip(), "workload": workload,
-                    "pid": None}
+                    "pid": None, "relay_pid": None}
             self._write_meta(pod, meta)
+        self.io_dir(pod).mkdir(mode=0o755, exist_ok=True)
         netlink.create_namespace(ns)
         host_if = self._host_ifname(pod)
         with Netlink() as nodenl:
@@ -153,40 +232,67 @@ class NodeRuntime:
             podnl.set_up("eth0")
             podnl.set_route("default", gateway=self.node.pod_gateway)
         if start:
-            self.start_workload(pod=pod, workload=workload, params=params)
+            self.start_workload(pod=pod, workload=workload, params=params, container=container)
         return {"namespace": ns, "ip": meta["ip"]}
 
-    def start_workload(self, *, pod: str, workload: str, params: dict[str, Any]) -> int:
+    def start_workload(self, *, pod: str, workload: str, params: dict[str, Any],
+                       container: Mapping[str, Any] | None = None) -> int:
         meta = self._meta(pod)
         if meta is None:
             raise DataplaneError(f"pod {pod} does not exist on {self.node.queue_id}")
+        spec = dict(container or {})
         if meta.get("pid") and is_running(int(meta["pid"])):
             return int(meta["pid"])
         d = self.pod_dir(pod)
-        (d / "ready").unlink(missing_ok=True)
-        argv = workload_argv(workload, params, d)
-        with open(d / "workload.log", "ab") as logf:
+        (self.io_dir(pod) / "ready").unlink(missing_ok=True)
+        stateful = workload in STATEFUL_WORKLOADS or spec.get("state") == "sdk"
+        if stateful and not (meta.get("relay_pid") and is_running(int(meta["relay_pid"]))):
+            meta["relay_pid"] = self._start_relay(pod)
+        run = container_run(pod=pod, pod_dir=d, netns=self.plan.pod_namespace(pod),
+                            workload=workload, params=params, spec=spec)
+        pid = self.containers.run(run)
+        meta["pid"] = pid
+        meta["image"] = run.image
+        meta["ports"] = ([[int(p["port"]), str(p.get("protocol", "udp"))]
+                          for p in spec.get("ports") or ()] if spec.get("image") else None)
+        self._write_meta(pod, meta)
+        log.info("pod %s: started %s (%s) as pid %s", pod, workload, run.image, pid)
+        return pid
+
+    def _start_relay(self, pod: str) -> int:
+        """The state relay beside a stateful container, outside it: the orchestrator's
+        ``state.sock`` in the pod directory on one side, the application's SDK socket in
+        io/ on the other. It runs in the pod's network namespace (so it reaches Redis as the
+        pod does, and ends with the pod), with this agent's Python, not the container's."""
+        d = self.pod_dir(pod)
+        (d / "state.sock").unlink(missing_ok=True)
+        with open(d / "relay.log", "ab") as logf:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.plan.pod_namespace(pod), *argv],
+                ["ip", "netns", "exec", self.plan.pod_namespace(pod), sys.executable, "-m",
+                 "state_transfer.relay", "--app", str(self.io_dir(pod) / "state.sock"),
+                 "--listen", str(d / "state.sock")],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                 start_new_session=True, env=workload_env(),
             )
-        meta["pid"] = proc.pid
-        self._write_meta(pod, meta)
-        log.info("pod %s: started %s as pid %s", pod, workload, proc.pid)
+        log.info("pod %s: state relay pid %s", pod, proc.pid)
         return proc.pid
 
     def wait_ready(self, *, pod: str, timeout: float) -> None:
         meta = self._meta(pod)
         if meta is None or not meta.get("pid"):
             raise DataplaneError(f"pod {pod} has no workload on {self.node.queue_id}")
-        ready = self.pod_dir(pod) / "ready"
+        pid = int(meta["pid"])
+        ready = self.io_dir(pod) / "ready"
+        ports = meta.get("ports")
+        relay = self.pod_dir(pod) / "state.sock" if meta.get("relay_pid") else None
         deadline = time.monotonic() + timeout
         while True:
-            if not is_running(int(meta["pid"])):
-                tail = (self.pod_dir(pod) / "workload.log").read_text()[-500:]
-                raise DataplaneError(f"pod {pod}: workload exited: {tail}")
-            if ready.exists():
+            if not is_running(pid):
+                tail = _tail(self.pod_dir(pod) / "workload.log")
+                raise DataplaneError(f"pod {pod}: its container exited: {tail}")
+            served = _listening(pid, [(int(p), str(q)) for p, q in ports]) if ports is not None \
+                else ready.exists()
+            if served and (relay is None or relay.exists()):
                 return
             if time.monotonic() > deadline:
                 raise DataplaneError(f"pod {pod}: not ready after {timeout} s", retryable=True)
@@ -195,7 +301,8 @@ class NodeRuntime:
     def delete_pod(self, *, pod: str) -> None:
         ns = self.plan.pod_namespace(pod)
         self._drop_handle(ns)
-        pids = netlink.namespace_pids(ns)
+        self.containers.stop(pod, grace=STOP_GRACE_S)
+        pids = netlink.namespace_pids(ns)  # the state relay, and anything a container left
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -280,7 +387,7 @@ class NodeRuntime:
 
     def quiesce(self, *, pod: str, timeout: float = 2.0) -> None:
         """Ask a client workload to stop sending and wait until nothing is in flight."""
-        paused = self.pod_dir(pod) / "paused"
+        paused = self.io_dir(pod) / "paused"
         paused.unlink(missing_ok=True)
         self._signal_workload(pod, signal.SIGUSR1)
         deadline = time.monotonic() + timeout
@@ -319,3 +426,10 @@ class NodeRuntime:
     def fdb_dst(self, *, pod: str, ifname: str, mac: str) -> str | None:
         return links.current_node(pod_namespace=self.plan.pod_namespace(pod), ifname=ifname,
                                   mac=mac)
+
+
+def _tail(path: Path, n: int = 500) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"

@@ -268,6 +268,7 @@ class DownReport:
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
+    containers: list[str] = field(default_factory=list)  # containers, mounts, cgroups removed
 
 
 def down(name: str) -> DownReport:
@@ -281,7 +282,16 @@ def down(name: str) -> DownReport:
         raise LabConfigError(f"lab name {name!r}: 2-10 lowercase letters or digits")
     report = DownReport()
     run_dir = RUN_ROOT / name
+    # The containers first, through the lab's containerd while it runs; then, once every
+    # recorded process (containerd among them) is gone, whatever a crash left: shims,
+    # mounts, cgroups of this lab's containerd namespace.
+    from dataplane import containers
+
+    paths = containers.ContainerdPaths(run_dir)
+    report.containers.extend(containers.cleanup(
+        paths, name, daemon_pid=recorded_pid(run_dir, "containerd")))
     report.processes.extend(stop_recorded_processes(run_dir / "pids"))
+    report.containers.extend(containers.cleanup(paths, name, daemon_pid=None))
     spaces = netlink.namespaces(f"{name}-")
     victims = {pid for ns in spaces for pid in netlink.namespace_pids(ns)}
     report.processes.extend(terminate(sorted(victims)))

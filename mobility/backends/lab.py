@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from mobility.models import Cluster, Instance, Link, Node, Params
+from mobility.models import Cluster, ContainerSpec, Instance, Link, Node, Params
 from mobility.node_ops import (
     CreateEnd,
     CreatePod,
@@ -54,12 +54,17 @@ class OnNodes:
 
 class LabFederation(OnNodes):
 
-    def place(self, *, instance: Instance, workload: str, params: Params, start: bool) -> None:
+    def place(self, *, instance: Instance, workload: str, params: Params, start: bool,
+              container: ContainerSpec | None = None) -> None:
+        spec = (container or ContainerSpec()).to_dict()
         self._on(instance, CreatePod(pod=instance.pod, workload=workload, params=params,
-                                     start=start))
+                                     start=start, container=spec))
 
-    def start(self, *, instance: Instance, workload: str, params: Params) -> None:
-        self._on(instance, StartWorkload(pod=instance.pod, workload=workload, params=params))
+    def start(self, *, instance: Instance, workload: str, params: Params,
+              container: ContainerSpec | None = None) -> None:
+        spec = (container or ContainerSpec()).to_dict()
+        self._on(instance, StartWorkload(pod=instance.pod, workload=workload, params=params,
+                                         container=spec))
 
     def wait_ready(self, *, instance: Instance, timeout: float) -> None:
         self._on(instance, WaitReady(pod=instance.pod, timeout=timeout))

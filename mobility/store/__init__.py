@@ -6,7 +6,8 @@
 - ``chains``: service chains;
 - ``operations``: long operations (deploys, joins) that callers poll instead of waiting;
 - ``tokens``: API token digests and rate windows;
-- ``jobs``: journals of deploys and removals, so a dead worker's half-done one is finished.
+- ``jobs``: journals of deploys and removals, so a dead worker's half-done one is finished;
+- ``images``: the catalogue of images the container runtime holds (what a deploy may name).
 
 Each part is a class of its own over :class:`~mobility.store.base.StoreBase` and can be used
 alone; :class:`Registry` is all of them over one connection, because a phase reads the fleet
@@ -24,19 +25,20 @@ from mobility.store.chains import ChainStore
 from mobility.store.credentials import CredentialStore
 from mobility.store.fleet import FleetStore
 from mobility.store.identities import IdentityStore
+from mobility.store.images import ImageRecord, ImageStore
 from mobility.store.jobs import Job, JobStore
 from mobility.store.moves import EventBatch, MoveStore, new_move_id
 from mobility.store.operations import OperationStore
 from mobility.store.tokens import TokenStore
 
 __all__ = ["AutomationStore", "ChainStore", "CredentialStore", "EventBatch", "FleetStore",
-           "Job", "JobStore", "MoveStore", "OperationStore", "RebalanceRun", "Registry",
-           "StoreBase", "TokenStore", "new_move_id"]
+           "ImageRecord", "ImageStore", "Job", "JobStore", "MoveStore", "OperationStore",
+           "RebalanceRun", "Registry", "StoreBase", "TokenStore", "new_move_id"]
 
 
 class Registry(IdentityStore,  # first: its allocations check the counters after a restart
                FleetStore, MoveStore, AutomationStore, ChainStore, OperationStore, TokenStore,
-               CredentialStore, JobStore):
+               CredentialStore, JobStore, ImageStore):
     """The whole registry over one Redis connection."""
 
     @classmethod

@@ -62,12 +62,12 @@ def test_moving_every_element_keeps_the_chain_intact(api: httpx.Client,
     names = r.json()["services"]
     assert names == [f"ch-{n}" for n, _, _ in ELEMENTS]
     pods = lab_stack.run_dir / "pods"
-    client_dirs = [pods / service(api, names[0])["instance"]["pod"]]
+    client_dirs = [pods / service(api, names[0])["instance"]["pod"] / "io"]
     wait_received(client_dirs[-1], 300)
 
     # the traffic crosses the middleboxes: their flow counters see the client -> server flow
     server_ip = service(api, names[-1])["links"][0]["ip"]
-    flows = json.loads((pods / service(api, names[1])["instance"]["pod"] / "flows.json")
+    flows = json.loads((pods / service(api, names[1])["instance"]["pod"] / "io" / "flows.json")
                        .read_text())
     assert any(f"-> {server_ip}:7000" in k and v["packets"] > 100 for k, v in flows.items()), \
         flows
@@ -83,7 +83,7 @@ def test_moving_every_element_keeps_the_chain_intact(api: httpx.Client,
         after = service(api, svc)["instance"]
         assert after["cluster"] == to
         if element == "client":
-            client_dirs.append(pods / after["pod"])
+            client_dirs.append(pods / after["pod"] / "io")
         wait_received(client_dirs[-1], 300)
 
     assert api.delete("/v1/chains/ch").status_code == 204

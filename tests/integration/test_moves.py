@@ -40,7 +40,7 @@ class Pair:
                                            "cluster": "core", "peers": [self.echo],
                                            "params": {"rate": 1000}})
         assert r.status_code == 201, r.text
-        self.pod_dir = stack.run_dir / "pods" / r.json()["instance"]["pod"]
+        self.pod_dir = stack.run_dir / "pods" / r.json()["instance"]["pod"] / "io"
         self.wait_replies(200)
 
     def progress(self) -> dict[str, Any]:

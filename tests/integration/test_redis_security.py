@@ -260,7 +260,8 @@ def test_a_redis_crash_keeps_the_registry_locks_moves_and_unique_identities(
         new = reg.get_link(f"{extra[0]}.{pair.echo}")
         assert new.vni not in used and new.vni not in live, (new.vni, sorted(live))
         assert not {e.ip for e in new.ends} & addresses
-        progress = lab_stack.run_dir / "pods" / r.json()["instance"]["pod"] / "progress.json"
+        progress = (lab_stack.run_dir / "pods" / r.json()["instance"]["pod"] / "io"
+                    / "progress.json")
         deadline = time.monotonic() + 15
         while not (progress.exists() and json.loads(progress.read_text() or "{}")
                    .get("received", 0) > 50):

@@ -41,7 +41,7 @@ class Sessions:
         r = api.post("/v1/services", json={"name": self.client, "workload": "session-probe",
                                            "cluster": "core", "peers": [self.svc]})
         assert r.status_code == 201, r.text
-        self.pod_dir = stack.run_dir / "pods" / r.json()["instance"]["pod"]
+        self.pod_dir = stack.run_dir / "pods" / r.json()["instance"]["pod"] / "io"
         self.wait_answers(300)
 
     def progress(self) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def test_moving_the_session_client_loses_nothing(api: httpx.Client, lab_stack: S
     assert r.status_code == 202, r.text
     move = wait_terminal(api, r.json()["id"])
     assert move["status"] == "succeeded", move
-    s.pod_dir = lab_stack.run_dir / "pods" / move["target"]["pod"]
+    s.pod_dir = lab_stack.run_dir / "pods" / move["target"]["pod"] / "io"
     s.wait_answers(300)  # the new instance sends, and gets answers
     old = json.loads((old_dir / "probe.json").read_text())  # written as it was released
     assert_clean(s.finish())

@@ -33,7 +33,7 @@ from mobility.backends.kube.objects import (
     service_of,
 )
 from mobility.errors import FederationError
-from mobility.models import Instance, Params
+from mobility.models import ContainerSpec, Instance, Params
 
 if TYPE_CHECKING:
     from mobility.ports import Federation
@@ -113,7 +113,8 @@ class KarmadaFederation:
 
     # --- the Federation port ---
 
-    def place(self, *, instance: Instance, workload: str, params: Params, start: bool) -> None:
+    def place(self, *, instance: Instance, workload: str, params: Params, start: bool,
+              container: ContainerSpec | None = None) -> None:
         """Add the cluster to the service's PropagationPolicy and its override rule. Idempotent.
 
         An instance placed while another cluster holds one carries the standby marker.
@@ -177,7 +178,8 @@ class KarmadaFederation:
                 self.karmada.update(self._op_path(service), add_rule)
         log.info("placed %s in %s (PropagationPolicy %s)", instance.pod, cluster, service)
 
-    def start(self, *, instance: Instance, workload: str, params: Params) -> None:
+    def start(self, *, instance: Instance, workload: str, params: Params,
+              container: ContainerSpec | None = None) -> None:
         """Scale the instance's override rule from 0 to 1 replica. Idempotent."""
         self.place(instance=instance, workload=workload, params=params, start=True)
 

@@ -45,7 +45,7 @@ from mobility.backends.kube.objects import (
     set_placement,
 )
 from mobility.errors import ClusterUnreachable, FederationError, KubeError
-from mobility.models import Instance, Params
+from mobility.models import ContainerSpec, Instance, Params
 
 if TYPE_CHECKING:
     from mobility.ports import Federation
@@ -64,7 +64,8 @@ class KubeFedFederation(KubeFedMembership):
 
     # --- the Federation port ---
 
-    def place(self, *, instance: Instance, workload: str, params: Params, start: bool) -> None:
+    def place(self, *, instance: Instance, workload: str, params: Params, start: bool,
+              container: ContainerSpec | None = None) -> None:
         """Add the instance's cluster to the service's FederatedDeployment. Idempotent.
 
         An instance placed while another cluster holds one carries the standby marker; its
@@ -116,7 +117,8 @@ class KubeFedFederation(KubeFedMembership):
             self.host.update(self._fd_path(service), add)  # lost a create race: merge into it
         log.info("placed %s in %s (FederatedDeployment %s)", instance.pod, cluster, service)
 
-    def start(self, *, instance: Instance, workload: str, params: Params) -> None:
+    def start(self, *, instance: Instance, workload: str, params: Params,
+              container: ContainerSpec | None = None) -> None:
         """Scale the instance's cluster override from 0 to 1 replica. Idempotent."""
         service = service_of(instance)
 
