@@ -26,7 +26,7 @@ VARIANT=minbase
 PACKAGES=python3,python3-msgpack
 DEST="$CACHE/rootfs/$SUITE-python3"
 STAMP_PATH=etc/service-mobility-rootfs
-REQUEST="suite=$SUITE variant=$VARIANT include=$PACKAGES"
+REQUEST="suite=$SUITE variant=$VARIANT include=$PACKAGES bytecode=unchecked-hash"
 
 if [ "$(id -u)" -ne 0 ]; then
     say "run as root (debootstrap makes device nodes and chroots)"
@@ -82,8 +82,13 @@ find "$TMP/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec 
 if [ -d "$TMP/usr/lib/locale" ]; then
     find "$TMP/usr/lib/locale" -mindepth 1 -maxdepth 1 ! -name C.utf8 -exec rm -rf {} +
 fi
-# Byte code is rebuilt when needed (and the images set PYTHONDONTWRITEBYTECODE).
+# Byte code compiled once, here, as unchecked-hash .pyc: the image layers carry a fixed
+# mtime, so timestamp-checked byte code would never match its source and every container
+# start would compile the standard library again (0.14 s instead of 0.02 s for `import
+# argparse, socket, json`); the images are read-only and set PYTHONDONTWRITEBYTECODE.
 find "$TMP" -xdev -type d -name __pycache__ -prune -exec rm -rf {} +
+chroot "$TMP" python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+    /usr/lib/python3.11 /usr/lib/python3/dist-packages >/dev/null
 # Nothing of this machine's identity goes into an image.
 : > "$TMP/etc/resolv.conf"
 echo localhost > "$TMP/etc/hostname"

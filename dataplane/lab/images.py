@@ -29,6 +29,7 @@ import functools
 import hashlib
 import logging
 import os
+import py_compile
 import shutil
 import sys
 import tempfile
@@ -194,6 +195,16 @@ def _staged(files: list[tuple[str, Path]], scratch: Path) -> Iterator[Path]:
                     os.chmod(d, 0o755)
             shutil.copyfile(src, target)
             os.chmod(target, 0o644)
+        # Byte code beside the sources, unchecked-hash (see scripts/base_rootfs.sh): a
+        # container starts without compiling them. Every Python 3.11 reads 3.11 byte code.
+        for dest, _ in files:
+            if dest.endswith(".py"):
+                py_compile.compile(str(root / dest), dfile="/" + dest, doraise=True,
+                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        for d in root.rglob("__pycache__"):
+            os.chmod(d, 0o755)
+            for f in d.iterdir():
+                os.chmod(f, 0o644)
         yield root
 
 
