@@ -83,3 +83,44 @@ def celery_roundtrip_ms(redis_url: str, n: int = 30) -> list[float]:
         samples.append((time.perf_counter() - t0) * 1000)
         res.forget()
     return samples
+
+
+def container_start_ms(stack: Stack, n: int = 10) -> dict[str, list[float]]:
+    """``n`` starts of the echo reference container in a scratch namespace of the lab, in
+    ms: until ``run`` returns (containerd made and started it) and until the workload wrote
+    its ready file (it serves). The floor under a move's PLACE, measured in the run."""
+    import shutil
+    import subprocess
+
+    from dataplane.containers import ContainerdPaths, ContainerRun, Mount
+    from dataplane.lab import images
+    from dataplane.lab.pods import workload_argv
+
+    ns = f"{stack.plan.name}-cstart"
+    work = stack.run_dir / "bench-cstart"
+    ctr = ContainerdPaths(stack.run_dir).client(stack.plan.name)
+    image = images.reference_image("echo")
+    run_ms, ready_ms = [], []
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for i in range(n):
+            cid = f"bench-cstart-{i}"
+            io = work / cid / "io"
+            io.mkdir(parents=True, exist_ok=True)
+            spec = ContainerRun(id=cid, image=image, netns=f"/var/run/netns/{ns}",
+                                log_path=work / cid / "log", files_dir=work / cid,
+                                argv=tuple(workload_argv("echo", {"port": 7000 + i})),
+                                mounts=(Mount(src=io, dst="/run/mobility", readonly=False),))
+            t0 = time.perf_counter()
+            ctr.run(spec)
+            run_ms.append((time.perf_counter() - t0) * 1000)
+            while not (io / "ready").exists():
+                if time.perf_counter() - t0 > 30:
+                    raise RuntimeError("the echo container did not get ready in 30 s")
+                time.sleep(0.001)
+            ready_ms.append((time.perf_counter() - t0) * 1000)
+            ctr.stop(cid, grace=3)
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    return {"run": run_ms, "ready": ready_ms}

@@ -11,6 +11,9 @@ service core -> edge -> core ... through the HTTP API, and prints one JSON objec
   the slowest move: take ``--moves 20`` or more for a p95 that is not the maximum);
 - ``probes_sent``, ``probes_lost``, ``probes_duplicated``, ``probe_max_gap_ms``: what the
   client saw over the whole run;
+- the same-run baseline of PLACE, ``container_start_ms``: the echo reference container
+  started alone in a scratch namespace, until containerd returns (``run``) and until it
+  serves (``ready``), and ``place_over_container_ready``;
 - the same-run baseline ``celery_roundtrip_ms``: the round trip of a no-op task through the
   same broker to the orchestrator, measured before and after the moves (the floor under each
   of the move's Celery hops on this machine at that moment), and ``total_over_roundtrip``,
@@ -59,6 +62,7 @@ def main() -> int:
 def run(stack: Stack, *, moves: int, rate: float) -> int:
     """The moves under the probe; prints the JSON object, returns the exit status."""
     roundtrip_before = labs.celery_roundtrip_ms(stack.redis_url())
+    starts = labs.container_start_ms(stack)
     totals: list[float] = []
     phases: dict[str, list[float]] = {}
     statuses: list[str] = []
@@ -127,6 +131,11 @@ def run(stack: Stack, *, moves: int, rate: float) -> int:
         },
         "total_over_roundtrip": (round(nearest_rank(totals, 50) / roundtrip, 1)
                                  if totals and roundtrip else None),
+        # PLACE's floor: a pod's container started (run) and serving (ready), alone
+        "container_start_ms": {k: distribution(v) for k, v in starts.items()},
+        "place_over_container_ready": (
+            round(nearest_rank(phases["place"], 50) / nearest_rank(starts["ready"], 50), 2)
+            if phases.get("place") else None),
     }))
     ok = succeeded == len(statuses) and int(probe["lost"]) == 0
     return 0 if ok else 1

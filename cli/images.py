@@ -138,8 +138,23 @@ def image_build(
         out.print(f"built and imported {name}" if not no_import else f"wrote {output}")
 
 
+def resolve(api: ApiClient, name: str) -> str:
+    """``name`` as the catalogue has it: a name without a tag is the newest image of that
+    repository (``mobility/python`` is the reference base of the running stack)."""
+    if ":" in name.rsplit("/", 1)[-1]:
+        return name
+    resp = api.get("/v1/images")
+    if resp.status_code >= 400:
+        _fail(resp)
+    same = [i for i in resp.json() if i["name"].rsplit(":", 1)[0] == name]
+    if not same:
+        raise typer.BadParameter(f"--from {name}: no such image (see `mobility image ls`)")
+    return str(max(same, key=lambda i: i["imported_at"])["name"])
+
+
 def _export(api: ApiClient, name: str, into: Path) -> Path:
     """A base image the stack holds, as an archive (GET /v1/images/{name}/archive)."""
+    name = resolve(api, name)
     path = into / "base.tar"
     with api.stream("GET", f"/v1/images/{name}/archive") as resp:
         if resp.status_code >= 400:
