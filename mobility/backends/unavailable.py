@@ -1,10 +1,11 @@
 """State agents where none can be reached: the Kubernetes backends, for now.
 
-A stateful move needs the application's state agent (a Unix socket in the pod, see
-``state_transfer.agent``). On the lab the orchestrator reaches it through the pod's directory;
-on Kubernetes it would need the socket shared through a volume with a node-side relay, which
-this project does not ship yet. Rather than pretend, a stateful move there fails in SYNC with
-this message and rolls back; stateless moves are unaffected.
+A stateful move needs the application's state relay (``state_transfer.relay``, beside the
+application's container, talking to its SDK socket). On the lab the node agent starts it and
+the orchestrator reaches it through the pod's directory; the Kubernetes backends do not start
+one yet (the relay and the SDK socket would sit in a volume shared with the node's agent).
+Rather than pretend, a stateful move there fails in SYNC with this message and rolls back;
+stateless moves are unaffected.
 """
 
 from __future__ import annotations

@@ -444,7 +444,7 @@ def test_build_reference_shares_base_blobs(tmp_path: Path) -> None:
         with tarfile.open(fileobj=io.BytesIO(files[images._blob_name(base[1])])) as sdk:
             sdk_files = [m.name for m in sdk.getmembers() if m.isfile()]
         assert "usr/lib/python3/dist-packages/state_transfer/__init__.py" in sdk_files
-        assert all(n.endswith(".py") for n in sdk_files)
+        assert all(n.endswith((".py", ".pyc")) for n in sdk_files)  # sources, byte code
         workloads_blob = images._blob_name(images.layer_digests(built[f"mobility/echo:{tag}"])[2])
         with tarfile.open(fileobj=io.BytesIO(files[workloads_blob])) as wl:
             wl_names = wl.getnames()

@@ -14,6 +14,11 @@ before it arrive. So a reply's counter equals its ``seq`` exactly when no state 
 percentage of those values per second. While the agent has the store frozen, requests wait
 in a queue; they are served on resume, or, when the instance is released after a cutover,
 answered by the new instance when the client retransmits.
+
+``--control`` is the socket of the SDK's in-container half, a
+:class:`~state_transfer.local.LocalAgent` speaking the local protocol: the process holds
+neither the move's key nor Redis credentials (it imports neither cryptography nor redis); a
+relay outside it (``python -m state_transfer.relay``) serves the orchestrator's protocol.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import threading
 import time
 
 from dataplane.lab.workloads.files import mark_ready
-from state_transfer.agent import Agent, StoreState, preload
+from state_transfer.local import LocalAgent
+from state_transfer.states import StoreState
 from state_transfer.store import StateStore
 
 REQUEST = struct.Struct("!IQ")
@@ -96,7 +102,8 @@ def dirty_loop(store: StateStore, blobs: int, rate_pct: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=7000)
-    parser.add_argument("--control", required=True, help="Unix socket of the state agent")
+    parser.add_argument("--control", required=True,
+                        help="Unix socket of the local state agent (its relay's --app)")
     parser.add_argument("--state-mb", type=float, default=0.0)
     parser.add_argument("--dirty-rate", type=float, default=0.0)
     parser.add_argument("--ready-file")
@@ -109,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.restore:
         for i in range(blobs):
             store.set(f"blob:{i:06d}", os.urandom(BLOB))
-    agent = Agent(StoreState(store), socket_path=args.control,
-                  faults_allowed=os.environ.get("MOBILITY_FAULT_INJECTION") == "1")
+    agent = LocalAgent(StoreState(store), socket_path=args.control,
+                       faults_allowed=os.environ.get("MOBILITY_FAULT_INJECTION") == "1")
     agent.start()
     service = SessionService(store)
 
@@ -121,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     threading.Thread(target=dirty_loop, args=(store, blobs, args.dirty_rate),
                      daemon=True).start()
-    preload()
     mark_ready(args.ready_file)
 
     held: collections.deque[tuple[bytes, tuple[str, int]]] = collections.deque(maxlen=100_000)
