@@ -200,8 +200,9 @@ class ServiceRequest(BaseModel):
                             description="replaces the image's cmd")
     env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict, max_length=64)
-    ports: list[PortIn] = Field(default_factory=list, max_length=16,
-                                description="the image is ready once all of them listen")
+    ports: list[PortIn | Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list, max_length=16,
+        description="a number (UDP) or {port, protocol}; the image is ready once all listen")
     resources: ResourcesIn = Field(default_factory=ResourcesIn)
     state: Literal["none", "sdk"] = Field(
         default="none", description="'sdk': the application serves the state SDK on "

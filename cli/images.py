@@ -57,14 +57,34 @@ def upload(api: ApiClient, path: Path, *, source: str = "import",
     """Upload an archive to ``POST /v1/images`` and wait for its import; the operation's
     result (the image names imported)."""
     total = path.stat().st_size
-    resp = api.post(f"/v1/images?source={source}",
-                    content=_file_chunks(path, total, show=show),
-                    headers={"Content-Type": "application/x-tar",
-                             "Content-Length": str(total)})
+    follow, api.follow = api.follow, False  # the operation's result is what we want
+    try:
+        resp = api.post(f"/v1/images?source={source}",
+                        content=_file_chunks(path, total, show=show),
+                        headers={"Content-Type": "application/x-tar",
+                                 "Content-Length": str(total)})
+    finally:
+        api.follow = follow
     if resp.status_code >= 400:
         _fail(resp)
-    body: dict[str, Any] = resp.json()
-    return body
+    op = resp.json()["operation"]
+    if show:
+        err.print("  importing into the lab's container runtime")
+    deadline = time.monotonic() + api.op_timeout
+    while op["status"] not in ("succeeded", "failed"):
+        if time.monotonic() > deadline:
+            err.print(f"[red]the import ({op['id']}) is still {op['status']}[/]")
+            raise typer.Exit(1)
+        time.sleep(0.2)
+        got = api.get(op["links"]["self"])
+        if got.status_code >= 400:
+            _fail(got)
+        op = got.json()
+    if op["status"] == "failed":
+        err.print(f"[red]import failed:[/] {op.get('error')}")
+        raise typer.Exit(1)
+    result: dict[str, Any] = op.get("result") or {}
+    return result
 
 
 @image_app.command("import")

@@ -74,8 +74,8 @@ def test_the_example_app_moves_with_its_state(api: httpx.Client, lab_stack: Stac
     pod = svc["instance"]["pod"]
     # the spec's limits are the container's cgroup's
     assert int(cgroup_value(lab_stack, "memory", pod, "memory.limit_in_bytes")) == 96 * 2**20
-    quota = int(cgroup_value(lab_stack, "cpu,cpuacct", pod, "cpu.cfs_quota_us"))
-    period = int(cgroup_value(lab_stack, "cpu,cpuacct", pod, "cpu.cfs_period_us"))
+    quota = int(cgroup_value(lab_stack, "cpu", pod, "cpu.cfs_quota_us"))
+    period = int(cgroup_value(lab_stack, "cpu", pod, "cpu.cfs_period_us"))
     assert quota / period == pytest.approx(0.5)
     # the app runs as a container: its process sits in the lab's containerd namespace
     meta = json.loads((lab_stack.run_dir / "pods" / pod / "meta.json").read_text())
@@ -150,8 +150,8 @@ def docker_save_archive(oci: Path, name: str) -> bytes:
 def test_a_docker_save_archive_runs_as_a_stateless_service(
         api: httpx.Client, lab_stack: Stack, tmp_path: Path) -> None:
     archive = tmp_path / "echo-docker.tar"
-    archive.write_bytes(docker_save_archive(lab_images.build_reference()["mobility/echo"],
-                                            "team/echo:2"))
+    echo = lab_images.build_reference()[lab_images.reference_image("echo")]
+    archive.write_bytes(docker_save_archive(echo, "team/echo:2"))
     r = mobility(lab_stack, "image", "import", str(archive), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == ["team/echo:2"]
