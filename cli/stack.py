@@ -372,6 +372,13 @@ class Stack:
                 record = reg.get_image(name)
                 if record is not None:
                     reg.put_image(dataclasses.replace(record, archive=str(archive)))
+        # reference images of an older source tree go, unless a service still runs one
+        in_use = {s.container.image for s in reg.services().values()}
+        for record in reg.images():
+            if (record.source == "reference" and record.name not in archives
+                    and record.name not in in_use):
+                ctr.remove_image(record.name)
+                reg.delete_image(record.name)
         kept = image_tasks.load_kept(reg, ctr, self.image_dir)
         if kept:
             progress(f"{len(kept)} imported image(s)")

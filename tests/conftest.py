@@ -139,10 +139,17 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield stack
     finally:
         from cli.stack import reap_children
+        from dataplane import containers
 
         topology.down(name)
         reap_children()
         left = topology.namespaces_left(name)
         assert left == [], f"lab namespaces left behind: {left}"
+        address = str(containers.ContainerdPaths(plan.run_dir).address)
+        assert containers.shims_of(address) == {}, "container shims left behind"
+        assert containers.cgroup_dirs(name) == [], "container cgroups left behind"
+        with open("/proc/self/mountinfo") as fh:
+            mounts = [line.split()[4] for line in fh if str(plan.run_dir) in line.split()[4]]
+        assert mounts == [], f"mounts left behind: {mounts}"
         with open("/proc/net/dev") as fh:
             assert f"{name}-h0" not in fh.read(), "the lab's host link was left behind"

@@ -107,6 +107,13 @@ def workload_argv(workload: str, params: Mapping[str, Any], io: str = IN_CONTAIN
 
 
 STATEFUL_WORKLOADS = frozenset({"sessions"})
+# Network sysctls a built-in workload needs in its pod's namespace, set by the node agent
+# before its container starts (a container's /proc/sys is read-only), as a Kubernetes pod's
+# securityContext.sysctls are: a fixed script per workload, nothing from a request.
+POD_SYSCTLS = {
+    "middlebox": "echo 1 > /proc/sys/net/ipv4/ip_forward && "
+                 "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > $f; done",
+}
 
 
 def container_run(*, pod: str, pod_dir: Path, netns: str, workload: str,
@@ -248,6 +255,9 @@ class NodeRuntime:
         stateful = workload in STATEFUL_WORKLOADS or spec.get("state") == "sdk"
         if stateful and not (meta.get("relay_pid") and is_running(int(meta["relay_pid"]))):
             meta["relay_pid"] = self._start_relay(pod)
+        if workload in POD_SYSCTLS and not spec.get("image"):
+            subprocess.run(["nsenter", f"--net=/run/netns/{self.plan.pod_namespace(pod)}",
+                            "sh", "-c", POD_SYSCTLS[workload]], check=True, timeout=10)
         run = container_run(pod=pod, pod_dir=d, netns=self.plan.pod_namespace(pod),
                             workload=workload, params=params, spec=spec)
         pid = self.containers.run(run)

@@ -27,13 +27,22 @@ PACKET_OUTGOING = 4
 
 
 def enable_forwarding() -> None:
-    # /proc/sys/net is per network namespace: this touches only the pod's.
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as fh:
-        fh.write("1")
+    """Forwarding on, reverse-path filter off (the chain's return path may enter on another
+    link than the forward path left by). /proc/sys/net is per network namespace: this is the
+    pod's. In a container /proc/sys is read-only: the node agent set them before the start
+    (as a Kubernetes pod's sysctls are), so here they are only checked."""
+    wanted = {"/proc/sys/net/ipv4/ip_forward": "1"}
     for name in os.listdir("/proc/sys/net/ipv4/conf"):
-        # the chain's return path may enter on another link than the forward path left by
-        with open(f"/proc/sys/net/ipv4/conf/{name}/rp_filter", "w") as fh:
-            fh.write("0")
+        wanted[f"/proc/sys/net/ipv4/conf/{name}/rp_filter"] = "0"
+    for path, value in wanted.items():
+        try:
+            with open(path, "w") as fh:
+                fh.write(value)
+        except OSError:
+            with open(path) as fh:
+                if fh.read().strip() != value:
+                    raise SystemExit(f"middlebox: {path} is not {value} and cannot be set "
+                                     "here") from None
 
 
 def flow_key(frame: bytes) -> tuple[str, int] | None:
