@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tarfile
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,7 +28,15 @@ from workers import canvas
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
-ImageName = Annotated[str, PathParam(max_length=200, description="e.g. counter:1")]
+# mobility.workloads.IMAGE_REF, without its length look-ahead (max_length says it)
+NAME_PATTERN = (r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+                r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+ImageName = Annotated[str, PathParam(max_length=200, pattern=NAME_PATTERN,
+                                     description="e.g. counter:1")]
+TAR = {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}
+# what the upload declares: any content type is read as the archive's bytes (the CLI sends
+# application/x-tar); octet-stream is the type every client and tool can send
+UPLOAD = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
 class ImageOut(BaseModel):
@@ -63,7 +72,7 @@ def list_images(registry: RegistryDep) -> list[ImageOut]:
     return [ImageOut.of(i) for i in registry.images()]
 
 
-@router.get("/{name:path}/archive", responses=answers(404),
+@router.get("/{name:path}/archive", responses={**answers(404), 200: {"content": TAR}},
             response_class=FileResponse)
 def image_archive(registry: RegistryDep, settings: SettingsDep,
                   name: ImageName) -> FileResponse:
@@ -80,7 +89,8 @@ def get_image(registry: RegistryDep, name: ImageName) -> ImageOut:
     return ImageOut.of(_record(registry, name))
 
 
-@router.post("", status_code=202, responses=ERRORS)
+@router.post("", status_code=202, responses=ERRORS,
+             openapi_extra={"requestBody": {"required": True, "content": UPLOAD}})
 async def import_image(request: Request, registry: RegistryDep, settings: SettingsDep,
                        response: Response,
                        source: Annotated[Literal["import", "build"], Query()] = "import",
@@ -99,8 +109,11 @@ async def import_image(request: Request, registry: RegistryDep, settings: Settin
                 size += len(chunk)
                 fh.write(chunk)
         if size == 0:
-            raise Invalid("the body is empty: send the archive (Content-Type: "
+            raise Invalid("archive: the body is empty: send the archive (Content-Type: "
                           "application/x-tar)")
+        if not _is_tar(path):
+            raise Invalid("archive: the body is not a tar archive (an OCI image layout or "
+                          "a `docker save` archive)")
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -108,6 +121,16 @@ async def import_image(request: Request, registry: RegistryDep, settings: Settin
                        args=[upload_id, source])
     response.headers["Location"] = f"/v1/operations/{op.id}"
     return Accepted(operation=OperationOut.of(op))
+
+
+def _is_tar(path: Path) -> bool:
+    """The first header is a tar header (its checksum is right): what can be told before
+    the orchestrator checks the whole archive."""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            return tar.next() is not None
+    except (tarfile.TarError, OSError):
+        return False
 
 
 @router.delete("/{name:path}", status_code=202, responses=ERRORS)

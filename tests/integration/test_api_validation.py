@@ -193,11 +193,18 @@ def test_service_malformed_body(api: TestClient, raw: bytes) -> None:
     detail_of(post_raw(api, "/v1/services", raw))
 
 
-@pytest.mark.parametrize("missing", ["name", "workload", "cluster"])
+@pytest.mark.parametrize("missing", ["name", "cluster"])
 def test_service_missing_field(api: TestClient, missing: str) -> None:
     body = {k: v for k, v in GOOD_SERVICE.items() if k != missing}
     detail = detail_of(api.post("/v1/services", json=body))
     assert any(e["type"] == "missing" and e["loc"][-1] == missing for e in detail)
+
+
+def test_service_names_a_workload_or_an_image(api: TestClient) -> None:
+    body = {k: v for k, v in GOOD_SERVICE.items() if k != "workload"}
+    r = api.post("/v1/services", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("workload/image:")
 
 
 @pytest.mark.parametrize(

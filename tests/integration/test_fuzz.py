@@ -19,10 +19,12 @@ an accepted answer to a valid request there (and only there).
 from __future__ import annotations
 
 import json
+import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +41,7 @@ from mobility.models import Cluster, Event, Instance, Move, MoveStatus, Node, Se
 from mobility.operations import Operation
 from mobility.policies import Condition, Policy, Target
 from mobility.settings import Settings
-from mobility.store import Registry, new_move_id
+from mobility.store import ImageRecord, Registry, new_move_id
 from tests.conftest import RedisServer
 from tests.integration.celery_binding import celery_bound_to
 
@@ -58,11 +60,13 @@ REFUSES_VALID = {
     "PUT /v1/policies/{policy_id}": "an id in the body, if any, is the path's",
     "PUT /v1/rebalance/config": "a maintenance window ends after it starts",
     "PUT /v1/rebalance/schedule": "a cron field's value is in its range (minute 0-59...)",
+    "POST /v1/images": "the body is a tar archive of an image (a string in the schema)",
 }
 
 CLUSTERS = ("core", "edge")
 SERVICES = ("web", "db", "cache")
 SEEDED_POLICY = "seeded"
+SEEDED_IMAGE = "seeded/app:1"
 
 
 def _operations() -> list[str]:
@@ -100,7 +104,7 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     reg.r.close()
 
 
-def _seed(reg: Registry) -> Seeded:
+def _seed(reg: Registry, image_dir: Path) -> Seeded:
     for i, name in enumerate(CLUSTERS):
         nodes = tuple(Node(name=f"n{j}", cluster=name, underlay_ip=f"198.51.{i}.{j + 1}")
                       for j in range(2))
@@ -127,12 +131,18 @@ def _seed(reg: Registry) -> Seeded:
         Element(name="client", workload="probe", cluster="core"),
         Element(name="fw", workload="middlebox", cluster="core"),
         Element(name="server", workload="echo", cluster="edge"))))
+    archive = image_dir / "seeded.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(tarfile.TarInfo("oci-layout"))
+    reg.put_image(ImageRecord(name=SEEDED_IMAGE, digest="sha256:" + "0" * 64, size=1,
+                              imported_at=time.time(), source="import",
+                              entrypoint=("python3",), archive=str(archive)))
     spare, _ = tokens.mint(role=tokens.Role.VIEWER, name="fuzz spare - may be revoked")
     reg.put_token(spare)
     return Seeded(names={
         "cluster": list(CLUSTERS), "service": list(SERVICES), "move": [move.id],
         "operation": [op.id], "policy": [SEEDED_POLICY], "token": [spare.id],
-        "chain": ["web"],
+        "chain": ["web"], "image": [SEEDED_IMAGE],
     })
 
 
@@ -145,14 +155,16 @@ class Fuzz:
 
 
 @pytest.fixture(scope="module")
-def fuzz(redis_url: str) -> Iterator[Fuzz]:
+def fuzz(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
     """The app, on its own Redis database, seeded; its schema, as schemathesis loads it."""
     reg = Registry.from_url(redis_url)
     record, secret = tokens.mint(role=tokens.Role.ADMIN, name="fuzz")
     reg.put_token(record)
-    seeded = _seed(reg)
+    image_dir = tmp_path_factory.mktemp("images")  # uploads land here, not on the host's
+    seeded = _seed(reg, image_dir)
     with celery_bound_to(redis_url):
-        app = create_app(Settings(redis_url=redis_url))  # type: ignore[arg-type]
+        app = create_app(Settings(redis_url=redis_url,  # type: ignore[arg-type]
+                                  image_dir=str(image_dir)))
         config = schemathesis.Config.from_dict({
             "auth": {"openapi": {"HTTPBearer": {"bearer": secret}}, "auto-signup": False},
             "request-timeout": 20,
@@ -177,7 +189,8 @@ def _kind_of(label: str, param: str) -> str | None:
         "service": "service", "to_cluster": "cluster", "cluster": "cluster",
         "name": ("service" if path.startswith("/v1/services/") else
                  "cluster" if path.startswith("/v1/clusters/") else
-                 "chain" if path.startswith("/v1/chains/") else None),
+                 "chain" if path.startswith("/v1/chains/") else
+                 "image" if path.startswith("/v1/images/") else None),
     }.get(param)
 
 
