@@ -166,8 +166,11 @@ def check_container(workload: str | None, raw: Mapping[str, Any]) -> tuple[str, 
         if k.startswith(RESERVED_ENV_PREFIX):
             raise Invalid(f"env.{k}: names starting with {RESERVED_ENV_PREFIX} are the "
                           "platform's")
-        if not isinstance(v, str) or len(v) > MAX_ENV_VALUE or "\x00" in v:
+        if not isinstance(v, str) or len(v) > MAX_ENV_VALUE:
             raise Invalid(f"env.{k}: must be a string of at most {MAX_ENV_VALUE} characters")
+        if any(c in v for c in "\x00\n\r"):
+            raise Invalid(f"env.{k}: a value holds no NUL and no line break (the runtime's "
+                          "env file cannot carry them)")
         env.append((k, v))
     ports_raw = raw.get("ports") or []
     if not isinstance(ports_raw, list | tuple) or len(ports_raw) > MAX_PORTS:

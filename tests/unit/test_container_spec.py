@@ -58,6 +58,7 @@ def test_a_built_in_workload_takes_resources_only() -> None:
     ({"image": "x:1", "env": {"1BAD": "x"}}, "env"),
     ({"image": "x:1", "env": {"MOBILITY_STATE_SOCKET": "/x"}}, "env.MOBILITY_STATE_SOCKET"),
     ({"image": "x:1", "env": {"A": 1}}, "env.A"),
+    ({"image": "x:1", "env": {"A": "x\nB=y"}}, "env.A"),
     ({"image": "x:1", "command": "python3 app.py"}, "command"),
     ({"image": "x:1", "args": ["a\x00b"]}, "args[0]"),
     ({"image": "x:1", "state": "redis"}, "state"),
