@@ -138,10 +138,15 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         stack.up()
         yield stack
     finally:
+        import shutil
+
         from cli.stack import reap_children
         from dataplane import containers
 
         topology.down(name)
+        # the archives it kept of images imported in the tests (the lab's name is the
+        # session's own: nothing else keeps images there)
+        shutil.rmtree(stack.image_dir, ignore_errors=True)
         reap_children()
         left = topology.namespaces_left(name)
         assert left == [], f"lab namespaces left behind: {left}"

@@ -16,6 +16,7 @@ import re
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ def mint(reg: Registry, role: Role, **kw: float) -> str:
 
 
 def app_client(redis_url: str, **settings: object) -> TestClient:
+    # an upload (POST /v1/images) lands in a directory of the test's, not the host's
+    settings.setdefault("image_dir", tempfile.mkdtemp(prefix="smt-images-"))
     app = create_app(Settings(redis_url=redis_url, **settings))  # type: ignore[arg-type]
     return TestClient(app, raise_server_exceptions=False)
 
