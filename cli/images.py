@@ -15,28 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cli.client import ApiClient, api_client
+from cli.output import err, fail, out
 from dataplane import images
 
 image_app = typer.Typer(help="Container images: import, build, list, remove (no registry "
                              "needed).", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 CHUNK = 1 << 20
-
-
-def _fail(resp: Any) -> None:
-    try:
-        detail = resp.json().get("detail")
-    except ValueError:
-        detail = resp.text
-    err.print(f"[red]HTTP {resp.status_code}:[/] {detail}")
-    raise typer.Exit(1)
 
 
 def _file_chunks(path: Path, total: int, *, show: bool) -> Any:
@@ -66,7 +55,7 @@ def upload(api: ApiClient, path: Path, *, source: str = "import",
     finally:
         api.follow = follow
     if resp.status_code >= 400:
-        _fail(resp)
+        fail(resp)
     op = resp.json()["operation"]
     if show:
         err.print("  importing into the lab's container runtime")
@@ -78,7 +67,7 @@ def upload(api: ApiClient, path: Path, *, source: str = "import",
         time.sleep(0.2)
         got = api.get(op["links"]["self"])
         if got.status_code >= 400:
-            _fail(got)
+            fail(got)
         op = got.json()
     if op["status"] == "failed":
         err.print(f"[red]import failed:[/] {op.get('error')}")
@@ -165,7 +154,7 @@ def resolve(api: ApiClient, name: str) -> str:
         return name
     resp = api.get("/v1/images")
     if resp.status_code >= 400:
-        _fail(resp)
+        fail(resp)
     same = [i for i in resp.json() if i["name"].rsplit(":", 1)[0] == name]
     if not same:
         raise typer.BadParameter(f"--from {name}: no such image (see `mobility image ls`)")
@@ -179,7 +168,7 @@ def _export(api: ApiClient, name: str, into: Path) -> Path:
     with api.stream("GET", f"/v1/images/{name}/archive") as resp:
         if resp.status_code >= 400:
             resp.read()
-            _fail(resp)
+            fail(resp)
         with open(path, "wb") as fh:
             for chunk in resp.iter_bytes(CHUNK):
                 fh.write(chunk)
@@ -210,7 +199,7 @@ def image_ls(as_json: JsonOpt = False) -> None:
     with api_client(timeout=60) as api:
         resp = api.get("/v1/images")
     if resp.status_code >= 400:
-        _fail(resp)
+        fail(resp)
     rows = resp.json()
     if as_json:
         print(json.dumps(rows))
@@ -228,7 +217,7 @@ def image_rm(name: str) -> None:
     with api_client(timeout=120) as api:
         resp = api.delete(f"/v1/images/{name}")
     if resp.status_code >= 400:
-        _fail(resp)
+        fail(resp)
     out.print(f"removed {name}")
 
 
@@ -261,7 +250,7 @@ def deploy(path: Path, *, as_json: bool) -> None:
     with api_client(timeout=600) as api:
         resp = api.post("/v1/services", json=body)
     if resp.status_code >= 400:
-        _fail(resp)
+        fail(resp)
     svc = resp.json()
     if as_json:
         print(json.dumps(svc))

@@ -10,12 +10,12 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cli import demo as demo_mod
 from cli import images as images_mod
 from cli.client import api_client
+from cli.output import err, fail, out
 from cli.stack import Stack, StackError, default_stack
 from dataplane.lab import topology
 from mobility.logs import configure_logging
@@ -29,8 +29,6 @@ chain_app = typer.Typer(help="Service chains (client -> middleboxes -> server)."
                         no_args_is_help=True)
 app.add_typer(chain_app, name="chain")
 app.add_typer(images_mod.image_app, name="image")
-out = Console()
-err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 ConfigOpt = Annotated[str | None, typer.Option("--config", help="lab topology (TOML)")]
@@ -271,8 +269,7 @@ def chain_deploy(path: str, as_json: JsonOpt = False) -> None:
     with api_client(timeout=300) as api:
         resp = api.post("/v1/chains", json=body)
     if resp.status_code >= 400:
-        err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
-        raise typer.Exit(1)
+        fail(resp)
     if as_json:
         print(json.dumps(resp.json()))
     else:
@@ -285,8 +282,7 @@ def chain_delete(name: str) -> None:
     with api_client(timeout=300) as api:
         resp = api.delete(f"/v1/chains/{name}")
     if resp.status_code >= 400:
-        err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
-        raise typer.Exit(1)
+        fail(resp)
     out.print(f"chain {name} removed")
 
 
@@ -308,8 +304,7 @@ def remove(service: str) -> None:
     with api_client(timeout=300) as api:
         resp = api.delete(f"/v1/services/{service}")
     if resp.status_code >= 400:
-        err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
-        raise typer.Exit(1)
+        fail(resp)
     out.print(f"service {service} removed")
 
 
@@ -323,8 +318,7 @@ def move(
     with api_client(timeout=60) as api:
         resp = api.post("/v1/moves", json={"service": service, "to_cluster": to_cluster})
         if resp.status_code >= 400:
-            err.print(f"[red]HTTP {resp.status_code}:[/] {resp.json().get('detail')}")
-            raise typer.Exit(1)
+            fail(resp)
         m = resp.json()
         if wait:
             demo_mod.follow_events(api, m["id"], lambda _e: None)

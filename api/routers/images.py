@@ -74,8 +74,7 @@ def list_images(registry: RegistryDep) -> list[ImageOut]:
 
 @router.get("/{name:path}/archive", responses={**answers(404), 200: {"content": TAR}},
             response_class=FileResponse)
-def image_archive(registry: RegistryDep, settings: SettingsDep,
-                  name: ImageName) -> FileResponse:
+def image_archive(registry: RegistryDep, name: ImageName) -> FileResponse:
     """The image as an OCI archive (what ``mobility image build --from`` builds on)."""
     record = _record(registry, name)
     path = Path(record.archive) if record.archive else None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,17 +85,6 @@ def agents(tmp_path: Path, redis_server: RedisServer) -> Iterator[Agents]:
         yield made
     finally:
         made.close()
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as ex:
-        yield ex
-
-
-@pytest.fixture
-def move() -> str:
-    return f"t-agent-{uuid.uuid4().hex}"
 
 
 def open_move(source: AgentClient, target: AgentClient, *, move: str, url: str,

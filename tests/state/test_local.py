@@ -26,7 +26,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -45,13 +44,6 @@ from tests.conftest import REPO
 from tests.state.test_agent_protocol import ask
 
 WAIT_S = 30.0  # an upper bound for an answer, never a measured time
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    # short: a Unix socket path is at most 107 bytes, and pytest's tmp_path can be longer
-    with tempfile.TemporaryDirectory(prefix="smt-local-") as d:
-        yield Path(d)
 
 
 def serve(store: StateStore, path: Path) -> LocalAgent:

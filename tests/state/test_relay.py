@@ -27,7 +27,6 @@ import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -54,24 +53,6 @@ from tests.state.test_local import write_then_set
 
 REQUEST = struct.Struct("!IQ")
 REPLY = struct.Struct("!IQQ")
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    # short: a Unix socket path is at most 107 bytes, and pytest's tmp_path can be longer
-    with tempfile.TemporaryDirectory(prefix="smt-relay-") as d:
-        yield Path(d)
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as ex:
-        yield ex
-
-
-@pytest.fixture
-def move() -> str:
-    return f"t-relay-{uuid.uuid4().hex}"
 
 
 class Apps:
