@@ -88,14 +88,17 @@ class Deployer:
         """Keep ``job`` journaled, its lease refreshed, while the body runs; the body may
         record progress through the function it gets. The entry goes when the body ends
         (done, or undone by its own error handling)."""
-        ttl = self.settings.lease_ttl_s
+        ttl = self.settings.job_lease_ttl_s
         self.registry.put_job(job, ttl_s=ttl)
         stop = threading.Event()
 
         def refresh() -> None:
-            while not stop.wait(ttl / 3):
-                with contextlib.suppress(Exception):
+            while not stop.wait(ttl / 4):
+                try:
                     self.registry.refresh_job(job.kind, job.name, ttl_s=ttl)
+                except Exception as exc:  # Redis unreachable: the next refresh may make it
+                    log.warning("the %s of %s: journal lease refresh failed: %s",
+                                job.kind, job.name, exc)
 
         t = threading.Thread(target=refresh, name=f"job-{job.kind}-{job.name}", daemon=True)
         t.start()

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     # Fault injection ("fail WIRE on purpose") is for tests and drills; off unless asked for.
     fault_injection: bool = False
     lease_ttl_s: float = Field(default=5.0, gt=0)
+    # A deploy's, removal's or chain's journal lease. Longer than a move's: a move's lease is
+    # compare-and-set and a stalled worker notices it lost it, but a journal's lapse makes the
+    # reaper undo a deploy that is still running (a slow container start on a loaded node,
+    # with two refreshes failing, was enough). Reaping a dead worker's deploy later costs
+    # nothing but time.
+    job_lease_ttl_s: float = Field(default=20.0, gt=0)
     # After a phase, the lease is held this long for the next phase's task to pick it up: a
     # Celery hop on a loaded machine can take seconds, and a move must not be taken over then.
     lease_handoff_s: float = Field(default=30.0, gt=0)

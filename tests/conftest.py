@@ -5,6 +5,7 @@ Aspects: tests that need root or a Redis binary fail (never skip) when they cann
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,28 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         assert mounts == [], f"mounts left behind: {mounts}"
         with open("/proc/net/dev") as fh:
             assert f"{name}-h0" not in fh.read(), "the lab's host link was left behind"
+
+
+LOG_EVIDENCE_LINES = 80
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test on the lab stack carries the stack's warnings and errors in its report:
+    CI keeps only the output of a failed run, and the lab (with its logs) is gone after it."""
+    report = yield
+    if report.failed and "lab_stack" in getattr(item, "fixturenames", ()):
+        stack = item.funcargs.get("lab_stack") if hasattr(item, "funcargs") else None
+        logs = getattr(stack, "logs", None)
+        if isinstance(logs, Path) and logs.is_dir():
+            lines = []
+            for path in sorted(logs.glob("*.log")):
+                with contextlib.suppress(OSError):
+                    for line in path.read_text(errors="replace").splitlines():
+                        if any(w in line for w in ("WARNING", "ERROR", "CRITICAL", "Traceback",
+                                                   '"warning"', '"error"')):
+                            lines.append(f"{path.name}: {line}")
+            report.sections.append(("lab stack warnings and errors (last lines)",
+                                    "\n".join(lines[-LOG_EVIDENCE_LINES:])))
+    return report
