@@ -79,8 +79,9 @@ UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 # zfs stat their roots, devmapper logs an error); "opt" would share /opt/containerd between
 # labs. Not the old runtime v1 (io.containerd.runtime.v1.linux): in 1.6 the tasks service
 # requires it, and without it every task call is "not implemented".
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 DISABLED_PLUGINS = (
-    "io.containerd.grpc.v1.cri",
+    CRI_PLUGIN,
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.devmapper",
@@ -97,6 +98,52 @@ _MNT_DETACH = 2
 
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+@dataclass(frozen=True)
+class CriConfig:
+    """The CRI plugin of a containerd that a kubelet drives (a real Kubernetes node).
+
+    ``restrict_oom_score_adj``: this kind of machine forbids a negative ``oom_score_adj``, and
+    without it runc fails every pod sandbox ("can't get final child's PID from pipe: EOF").
+    The pods' network namespaces are mounted under this daemon's state directory, not as
+    ``/run/netns/cni-*`` beside everyone's (``netns_mounts_under_state_dir``), so what a node
+    made is found, and removed, by its path alone.
+    The streaming server (exec, logs) listens on the node namespace's loopback only; CNI's
+    binaries and configuration are the node's own; no registry is configured, so an image is
+    only ever one imported locally (pods use ``imagePullPolicy: Never``).
+    """
+
+    sandbox_image: str
+    cni_bin_dir: Path
+    cni_conf_dir: Path
+
+    def toml(self, paths: ContainerdPaths) -> str:
+        cri = f'[plugins."{CRI_PLUGIN}"]'
+        return (
+            f"\n{cri}\n"
+            f"  sandbox_image = {_toml_str(self.sandbox_image)}\n"
+            "  restrict_oom_score_adj = true\n"
+            "  disable_apparmor = true\n"
+            "  enable_selinux = false\n"
+            '  stream_server_address = "127.0.0.1"\n'
+            '  stream_server_port = "0"\n'
+            "  disable_tcp_service = true\n"
+            "  netns_mounts_under_state_dir = true\n"
+            "  max_concurrent_downloads = 1\n\n"
+            f"{cri[:-1]}.cni]\n"
+            f"  bin_dir = {_toml_str(str(self.cni_bin_dir))}\n"
+            f"  conf_dir = {_toml_str(str(self.cni_conf_dir))}\n"
+            "  max_conf_num = 1\n\n"
+            f"{cri[:-1]}.containerd]\n"
+            f"  snapshotter = {_toml_str(SNAPSHOTTER)}\n"
+            '  default_runtime_name = "runc"\n\n'
+            f"{cri[:-1]}.containerd.runtimes.runc]\n"
+            '  runtime_type = "io.containerd.runc.v2"\n\n'
+            f"{cri[:-1]}.containerd.runtimes.runc.options]\n"
+            "  SystemdCgroup = false\n"
+            f"  Root = {_toml_str(str(paths.runc_root))}\n"
+        )
 
 
 @dataclass(frozen=True)
@@ -138,19 +185,21 @@ class ContainerdPaths:
     def log(self) -> Path:
         return self.base / "containerd.log"
 
-    def write_config(self) -> Path:
+    def write_config(self, cri: CriConfig | None = None) -> Path:
         """Write the daemon's config (v2 format) and return its path.
 
         Root, state, the gRPC and ttrpc sockets are this run dir's; the debug and metrics
         endpoints are off; the plugins of :data:`DISABLED_PLUGINS` are not loaded, overlayfs is
         the only snapshotter. So two labs' daemons run side by side, and beside the host's.
+        With ``cri`` the CRI plugin is loaded (a kubelet's runtime, see :class:`CriConfig`).
         """
         for sock in (self.address, self.ttrpc_address):
             if len(os.fsencode(str(sock))) > UNIX_PATH_MAX:
                 raise ValueError(f"socket path {sock} is longer than {UNIX_PATH_MAX} bytes; "
                                  "use a shorter run directory")
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        disabled = ", ".join(_toml_str(p) for p in DISABLED_PLUGINS)
+        disabled = ", ".join(_toml_str(p) for p in DISABLED_PLUGINS
+                             if cri is None or p != CRI_PLUGIN)
         text = (
             "# Written by dataplane.containers.ContainerdPaths.write_config: this lab's own\n"
             "# containerd; nothing here is shared with the host's or another lab's.\n"
@@ -171,7 +220,7 @@ class ContainerdPaths:
             '  address = ""\n\n'
             '[plugins."io.containerd.snapshotter.v1.overlayfs"]\n'
             '  root_path = ""\n'
-        )
+        ) + (cri.toml(self) if cri is not None else "")
         tmp = self.config.with_suffix(".toml.tmp")
         tmp.write_text(text)
         tmp.replace(self.config)
@@ -640,8 +689,21 @@ class Containerd:
             self._discard(cid)
         log.info("container %s stopped and deleted", cid)
 
-    def containers(self) -> list[str]:
-        return [line for line in self._ctr("containers", "ls", "-q").stdout.split() if line]
+    def containers(self, labels: Mapping[str, str] | None = None) -> list[str]:
+        """Container ids, those carrying every label of ``labels`` if given."""
+        # one filter, its terms joined by commas: all must hold (separate filters are ORed)
+        wanted = ",".join(f'labels."{k}"=={v}' for k, v in (labels or {}).items())
+        filters = [wanted] if wanted else []
+        return [line for line in self._ctr("containers", "ls", "-q", *filters).stdout.split()
+                if line]
+
+    def container_info(self, cid: str) -> dict[str, Any]:
+        """containerd's record of a container (labels, OCI spec with its namespaces)."""
+        proc = self._ctr("containers", "info", _check_id(cid), what=f"container {cid}")
+        try:
+            return dict(json.loads(proc.stdout))
+        except ValueError as e:
+            raise DataplaneError(f"container {cid}: ctr printed no JSON record") from e
 
     def snapshots(self) -> list[tuple[str, str]]:
         """The overlayfs snapshots: (key, kind) with kind ``Active``, ``Committed``, ..."""

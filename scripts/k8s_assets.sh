@@ -31,6 +31,7 @@ K8S_VERSION=${K8S_VERSION:-1.33.13}
 KWOK_VERSION=v0.7.0
 KUBEFED_VERSION=v0.10.0
 KARMADA_VERSION=v1.12.0
+CNI_VERSION=v1.9.1
 ETCD_MODULE_VERSION=v3.5.21  # only when apt cannot provide etcd
 CACHE_ROOT=${SERVICE_MOBILITY_CACHE:-$HOME/.cache/service-mobility}
 CACHE=$CACHE_ROOT/k8s/v$K8S_VERSION
@@ -113,7 +114,7 @@ k8s_ldflags() {
 -X k8s.io/component-base/version.gitTreeState=clean"
 }
 
-for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
     have "$cmd" && continue
     k8s_wrapper
     timed "$cmd v$K8S_VERSION" bash -c "cd '$WORK/k8s' && go build -mod=mod \
@@ -218,6 +219,17 @@ if [ ! -f "$CRDS/karmada/overridepolicies.yaml" ]; then
         "$CRDS/karmada/overridepolicies.yaml"
 fi
 
+if [ ! -d "$CRDS/karmada/all" ]; then
+    # every CRD of Karmada's chart: its controllers watch the config and autoscaling kinds
+    # too, and refuse to start without them
+    say "CRDs: all of Karmada $KARMADA_VERSION's chart CRDs, for its own controllers"
+    (cd "$WORK" && go mod download "github.com/karmada-io/karmada@$KARMADA_VERSION") >>"$LOG" 2>&1
+    bases=$MODCACHE/github.com/karmada-io/karmada@$KARMADA_VERSION/charts/karmada/_crds/bases
+    mkdir -p "$CRDS/karmada/all.tmp"
+    find "$bases" -name '*.yaml' -exec install -m 0644 {} "$CRDS/karmada/all.tmp/" \;
+    mv "$CRDS/karmada/all.tmp" "$CRDS/karmada/all"
+fi
+
 if [ ! -f "$CRDS/nsm/crds.yaml" ]; then
     # NSM publishes its CRDs in its deployments repository, and its Go modules
     # (github.com/networkservicemesh/*) are not served by the module proxy this machine
@@ -258,15 +270,44 @@ EOF
     done >"$CRDS/nsm/crds.yaml"
 fi
 
+# --- CNI plugins: the real nodes' primary network -------------------------------------------
+
+CNI=$CACHE/cni
+mkdir -p "$CNI"
+for plugin in main/bridge ipam/host-local main/loopback; do
+    name=${plugin#*/}
+    [ -x "$CNI/$name" ] && continue
+    timed "cni $name $CNI_VERSION" env GOBIN="$CNI" \
+        go install "github.com/containernetworking/plugins/plugins/$plugin@$CNI_VERSION"
+done
+
+# --- Karmada's own controllers --------------------------------------------------------------
+# A wrapper module that requires github.com/karmada-io/karmada at the exact version (the
+# proxy lists none, but serves the one asked for), then `go build -mod=mod` of its commands.
+
+for cmd in controller-manager scheduler webhook; do
+    have "karmada-$cmd" && continue
+    dir=$WORK/karmada
+    if [ ! -f "$dir/go.mod" ]; then
+        mkdir -p "$dir"
+        printf 'module smk8s.local/karmada\n\ngo 1.22\n\nrequire github.com/karmada-io/karmada %s\n' \
+            "$KARMADA_VERSION" >"$dir/go.mod"
+    fi
+    timed "karmada-$cmd $KARMADA_VERSION" bash -c "cd '$dir' && go build -mod=mod -ldflags '-s -w' \
+        -o '$BIN/karmada-$cmd.tmp' github.com/karmada-io/karmada/cmd/$cmd \
+        && mv '$BIN/karmada-$cmd.tmp' '$BIN/karmada-$cmd'"
+done
+
 from_assets=0
-for b in kube-apiserver kube-controller-manager kube-scheduler etcd kwok kubefed-controller-manager; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet etcd kwok \
+    kubefed-controller-manager karmada-controller-manager karmada-scheduler karmada-webhook; do
     if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$b" ]; then
         from_assets=$((from_assets + 1))
         continue
     fi
     [ -x "$BIN/$b" ] || die "$b is missing from $BIN"
 done
-if [ "$from_assets" -eq 6 ]; then
+if [ "$from_assets" -eq 10 ]; then
     say "ready: every binary from KUBEBUILDER_ASSETS, CRDs in $CRDS"
     echo "$KUBEBUILDER_ASSETS"
 else

@@ -162,6 +162,7 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 LOG_EVIDENCE_LINES = 80
+LOG_LINE_CHARS = 400  # a traceback logged as JSON is one very long line
 
 
 @pytest.hookimpl(wrapper=True)
@@ -180,7 +181,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                     for line in path.read_text(errors="replace").splitlines():
                         if any(w in line for w in ("WARNING", "ERROR", "CRITICAL", "Traceback",
                                                    '"warning"', '"error"')):
-                            lines.append(f"{path.name}: {line}")
+                            lines.append(f"{path.name}: {line[:LOG_LINE_CHARS]}")
             report.sections.append(("lab stack warnings and errors (last lines)",
                                     "\n".join(lines[-LOG_EVIDENCE_LINES:])))
     return report

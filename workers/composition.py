@@ -34,10 +34,11 @@ def kube_host(settings: Settings) -> KubeClient:
 
 
 def kubefed(settings: Settings) -> KubeFedFederation:
+    from dataplane.lab.pods import kube_pod_spec
     from mobility.backends.kube.kubefed import KubeFedFederation
 
     return KubeFedFederation(host=kube_host(settings), namespace=settings.kube_namespace,
-                             domain=settings.nsm_domain)
+                             domain=settings.nsm_domain, pod_spec_for=kube_pod_spec)
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -62,10 +63,11 @@ def build_engine(settings: Settings) -> Engine:
         kf = kubefed(settings)
         fed, members = kf, kf.member
     else:
+        from dataplane.lab.pods import kube_pod_spec
         from mobility.backends.kube.karmada import KarmadaFederation
 
         fed = KarmadaFederation(karmada=host, namespace=settings.kube_namespace,
-                                domain=settings.nsm_domain)
+                                domain=settings.nsm_domain, pod_spec_for=kube_pod_spec)
 
         def from_context(cluster: str) -> KubeClient:
             # Karmada keeps member credentials to itself: reach members through the

@@ -16,10 +16,13 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_ready
 
+from dataplane.containers import Containerd
+from dataplane.cri import CRI_NAMESPACE, CriPods
 from dataplane.errors import DataplaneError
 from dataplane.lab.pods import NodeRuntime
 from dataplane.lab.topology import load_plan
@@ -47,7 +50,20 @@ def runtime() -> NodeRuntime:
     if plan is None or not node:
         raise DataplaneError(f"node agent: lab {lab!r} is not up or MOBILITY_NODE={ident!r} "
                              "is not <cluster>/<node>")
-    return NodeRuntime(plan, plan.node(cluster, node))
+    return NodeRuntime(plan, plan.node(cluster, node), cri=_cri())
+
+
+def _cri() -> CriPods | None:
+    """On a real Kubernetes node (``MOBILITY_CRI_ADDRESS``: its containerd's socket,
+    ``MOBILITY_KUBELET_ROOT``: the kubelet's root directory) the pods are the kubelet's."""
+    address = os.environ.get("MOBILITY_CRI_ADDRESS", "")
+    root = os.environ.get("MOBILITY_KUBELET_ROOT", "")
+    if not address:
+        return None
+    if not root:
+        raise DataplaneError("node agent: MOBILITY_CRI_ADDRESS is set without "
+                             "MOBILITY_KUBELET_ROOT")
+    return CriPods(Containerd(address, CRI_NAMESPACE, timeout=20), Path(root))
 
 
 def _failed(message: str, *, errno: int | None, retryable: bool) -> Answer:

@@ -34,6 +34,7 @@ from typing import Any
 
 from dataplane import links, netlink
 from dataplane.containers import ContainerdPaths, ContainerRun, Mount
+from dataplane.cri import CriPods
 from dataplane.errors import DataplaneError
 from dataplane.lab import images
 from dataplane.lab.topology import LabPlan, NodePlan, is_running
@@ -146,6 +147,30 @@ def container_run(*, pod: str, pod_dir: Path, netns: str, workload: str,
         log_path=pod_dir / "workload.log", cwd=None, files_dir=pod_dir)
 
 
+IO_VOLUME = "mobility-io"
+READY_PROBE_PERIOD_S = 1  # the shortest a Kubernetes probe period can be
+
+
+def kube_pod_spec(workload: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The Kubernetes pod spec of a reference workload on a real node: the same image and
+    command line as on the lab (:func:`container_run`), its files in an ``emptyDir`` at
+    ``/run/mobility``, and the workload's own ``ready`` file as the pod's readiness probe. A
+    plain dict: dataplane knows the shape of a pod, not a Kubernetes client."""
+    return {
+        "containers": [{
+            "name": workload,
+            "image": images.reference_image(workload),
+            "imagePullPolicy": "Never",  # no registry: images are imported on the nodes
+            "command": workload_argv(workload, params),
+            "volumeMounts": [{"name": IO_VOLUME, "mountPath": IN_CONTAINER}],
+            "readinessProbe": {"exec": {"command": ["test", "-e", f"{IN_CONTAINER}/ready"]},
+                               "periodSeconds": READY_PROBE_PERIOD_S, "failureThreshold": 1},
+            "securityContext": {"allowPrivilegeEscalation": False},
+        }],
+        "volumes": [{"name": IO_VOLUME, "emptyDir": {}}],
+    }
+
+
 def _listening(pid: int, ports: list[tuple[int, str]]) -> bool:
     """Whether every (port, protocol) has a bound socket in the network namespace of
     ``pid`` (read from its /proc/<pid>/net tables: no traffic sent)."""
@@ -176,12 +201,16 @@ def _listening(pid: int, ports: list[tuple[int, str]]) -> bool:
 class NodeRuntime:
     """Pod and link operations for one node; every operation is idempotent."""
 
-    def __init__(self, plan: LabPlan, node: NodePlan) -> None:
+    def __init__(self, plan: LabPlan, node: NodePlan, *, cri: CriPods | None = None) -> None:
         self.plan = plan
         self.node = node
         self.pods_dir = plan.run_dir / "pods"
         self.containers = ContainerdPaths(plan.run_dir).client(plan.name)
         self._handles: dict[str, Netlink] = {}
+        # On a real Kubernetes node the kubelet runs the pods: links go into the network
+        # namespaces its runtime made (see dataplane.cri), named here like the lab's.
+        self.cri = cri
+        self._adopted: dict[str, Path] = {}  # pod -> the CRI namespace its name points to
 
     # --- pods ---
 
@@ -189,7 +218,40 @@ class NodeRuntime:
         return self.pods_dir / pod
 
     def io_dir(self, pod: str) -> Path:
+        if self.cri is not None and self._meta(pod) is None:
+            found = self.cri.find(pod)
+            if found is not None:
+                return self.cri.io_dir(found)
         return self.pods_dir / pod / IO_DIR
+
+    def _pod_ns(self, pod: str) -> str:
+        """The name of the pod's network namespace for link operations: the lab's own, or on
+        a kubelet's node the CRI sandbox's namespace, adopted under the same name (a symlink
+        in /run/netns, which dangles, so the name reads as absent, once the kubelet removes
+        the sandbox; it holds nothing alive). Re-pointed when the pod was recreated."""
+        ns = self.plan.pod_namespace(pod)
+        if self.cri is None:
+            return ns
+        link = Path(netlink.NETNS_DIR) / ns
+        mine = self._adopted.get(pod)
+        if mine is not None and link.is_symlink() and Path(os.readlink(link)) == mine \
+                and link.exists():
+            return ns  # adopted by this agent, and still there (CUTOVER must not fork ctr)
+        if self._meta(pod) is not None:
+            return ns
+        found = self.cri.find(pod)
+        if found is None:
+            return ns  # absent: the link operations say so
+        if not (link.is_symlink() and Path(os.readlink(link)) == found.netns):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp = link.with_name(f".{ns}.tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(found.netns)
+            tmp.replace(link)
+            log.info("pod %s: adopted the network namespace of sandbox %s", pod,
+                     found.sandbox[:12])
+        self._adopted[pod] = found.netns
+        return ns
 
     def _meta(self, pod: str) -> dict[str, Any] | None:
         path = self.pod_dir(pod) / "meta.json"
@@ -363,16 +425,16 @@ class NodeRuntime:
                    peer_mac: str, peer_ip: str, peer_node_ip: str, underlay_mtu: int) -> int:
         return links.create_end(
             ifname=ifname, vni=vni, underlay_mtu=underlay_mtu,
-            end=links.LinkEnd(pod_namespace=self.plan.pod_namespace(pod), node_namespace=None,
+            end=links.LinkEnd(pod_namespace=self._pod_ns(pod), node_namespace=None,
                               node_ip=self.node.underlay_ip, mac=mac, cidr=cidr),
             peer=links.Peer(mac=peer_mac, ip=peer_ip, node_ip=peer_node_ip),
         )
 
     def delete_end(self, *, pod: str, ifname: str) -> None:
-        links.delete_end(pod_namespace=self.plan.pod_namespace(pod), ifname=ifname)
+        links.delete_end(pod_namespace=self._pod_ns(pod), ifname=ifname)
 
     def switch(self, *, pod: str, ifname: str, mac: str, node_ip: str) -> None:
-        ns = self.plan.pod_namespace(pod)
+        ns = self._pod_ns(pod)
         try:
             links.switch(pod_namespace=ns, ifname=ifname, mac=mac, node_ip=node_ip,
                          netlink=self._handle(ns))
@@ -384,16 +446,20 @@ class NodeRuntime:
 
     def set_routes(self, *, pod: str, routes: list[dict[str, str]]) -> None:
         """Routes of a chain element: the chain's far ends through the neighbouring element."""
-        with Netlink(self.plan.pod_namespace(pod)) as nl:
+        with Netlink(self._pod_ns(pod)) as nl:
             for r in routes:
                 nl.set_route(r["dst"], gateway=r["via"], dev=r["ifname"])
 
     def _signal_workload(self, pod: str, sig: signal.Signals) -> int:
         meta = self._meta(pod)
-        if meta is None or not meta.get("pid") or not is_running(int(meta["pid"])):
+        pid = int(meta["pid"]) if meta is not None and meta.get("pid") else None
+        if meta is None and self.cri is not None:
+            found = self.cri.find(pod)
+            pid = self.cri.workload_pid(found) if found is not None else None
+        if pid is None or not is_running(pid):
             raise DataplaneError(f"pod {pod} runs no workload on {self.node.queue_id}")
-        os.kill(int(meta["pid"]), sig)
-        return int(meta["pid"])
+        os.kill(pid, sig)
+        return pid
 
     def quiesce(self, *, pod: str, timeout: float = 2.0) -> None:
         """Ask a client workload to stop sending and wait until nothing is in flight."""
@@ -412,7 +478,7 @@ class NodeRuntime:
     def check_end(self, *, pod: str, ifname: str, mac: str, cidr: str, peer_mac: str,
                   peer_ip: str, peer_node_ip: str) -> list[str]:
         """What is wrong with one link end (empty: nothing), without changing anything."""
-        ns = self.plan.pod_namespace(pod)
+        ns = self._pod_ns(pod)
         if not netlink.namespace_exists(ns):
             return [f"pod namespace {ns} is gone"]
         problems = []
@@ -434,7 +500,7 @@ class NodeRuntime:
         return problems
 
     def fdb_dst(self, *, pod: str, ifname: str, mac: str) -> str | None:
-        return links.current_node(pod_namespace=self.plan.pod_namespace(pod), ifname=ifname,
+        return links.current_node(pod_namespace=self._pod_ns(pod), ifname=ifname,
                                   mac=mac)
 
 

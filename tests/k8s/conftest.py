@@ -25,6 +25,7 @@ from mobility.models import Cluster, Node
 from mobility.store import Registry
 from tests.conftest import RedisServer
 from tests.k8s.controlplane import ControlPlane, ControlPlaneError
+from tests.k8s.karmada_plane import KarmadaPlane
 
 NAMESPACE = "mobility"
 DOMAIN = "smk8s.test"
@@ -93,3 +94,21 @@ def registry(redis_server: RedisServer) -> Iterator[Registry]:
     yield Registry(conn)
     conn.flushdb()
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def karmada_plane(control_plane: ControlPlane) -> Iterator[KarmadaPlane]:
+    """Karmada's own API server, webhook, controller manager and scheduler on the control
+    plane's etcd, with the member clusters joined in push mode and reported Ready."""
+    kp = KarmadaPlane(control_plane)
+    try:
+        kp.start()
+    except ControlPlaneError as e:
+        pytest.fail(f"Karmada's control plane could not start: {e}")
+    try:
+        yield kp
+    finally:
+        procs = list(kp.procs)
+        kp.stop()
+        left = [name for name, proc in procs if proc.poll() is None]
+        assert left == [], f"Karmada processes left running: {left}"

@@ -33,10 +33,11 @@ import httpx
 import yaml
 
 from tests.conftest import REPO, free_port
+from tests.k8s.nodes import HOST_IP, UNDERLAY, Forwarder, NodeError, RealNode, pause_image
 
 K8S_VERSION = os.environ.get("K8S_VERSION", "1.33.13")
-BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok",
-            "kubefed-controller-manager")
+BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "etcd",
+            "kwok", "kubefed-controller-manager")
 KUBEFED_NS = "kube-federation-system"
 CACHE = (Path(os.environ.get("SERVICE_MOBILITY_CACHE", Path.home() / ".cache/service-mobility"))
          / "k8s" / f"v{K8S_VERSION}")
@@ -46,13 +47,15 @@ class ControlPlaneError(RuntimeError):
     """The control plane could not be built or started; tests fail on it, never skip."""
 
 
-def find_binaries(*, build: bool = True) -> dict[str, Path]:
-    """Every binary, from KUBEBUILDER_ASSETS first, else the cache (built when missing)."""
+def find_binaries(names: tuple[str, ...] = BINARIES, *,
+                  build: bool = True) -> dict[str, Path]:
+    """Every binary of ``names``, from KUBEBUILDER_ASSETS first, else the cache (built when
+    missing)."""
 
     def lookup() -> dict[str, Path]:
         found = {}
         assets = os.environ.get("KUBEBUILDER_ASSETS")
-        for name in BINARIES:
+        for name in names:
             for d in ([Path(assets)] if assets else []) + [CACHE / "bin"]:
                 if os.access(d / name, os.X_OK):
                     found[name] = d / name
@@ -60,7 +63,7 @@ def find_binaries(*, build: bool = True) -> dict[str, Path]:
         return found
 
     found = lookup()
-    missing = [b for b in BINARIES if b not in found]
+    missing = [b for b in names if b not in found]
     if missing and build:
         proc = subprocess.run(["bash", str(REPO / "scripts" / "k8s_assets.sh")],
                               capture_output=True, text=True, check=False)
@@ -68,7 +71,7 @@ def find_binaries(*, build: bool = True) -> dict[str, Path]:
             raise ControlPlaneError(f"scripts/k8s_assets.sh failed; missing {missing}:\n"
                                     f"{proc.stderr[-3000:]}")
         found = lookup()
-        missing = [b for b in BINARIES if b not in found]
+        missing = [b for b in names if b not in found]
     if missing:
         raise ControlPlaneError(f"binaries missing and not built: {missing} (run "
                                 "scripts/k8s_assets.sh, or point KUBEBUILDER_ASSETS at them)")
@@ -77,8 +80,11 @@ def find_binaries(*, build: bool = True) -> dict[str, Path]:
 
 def crd_dir() -> Path:
     d = CACHE / "crds"
-    if not (d / "kubefed" / "core.yaml").exists():
-        find_binaries()  # the script writes the CRDs too
+    if not (d / "kubefed" / "core.yaml").exists() or not (d / "karmada" / "all").is_dir():
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "k8s_assets.sh")],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:  # the script writes the CRDs too
+            raise ControlPlaneError(f"scripts/k8s_assets.sh failed:\n{proc.stderr[-3000:]}")
     return d
 
 
@@ -171,7 +177,7 @@ class ControlPlane:
 
     def __init__(self, workdir: Path, *, members: tuple[str, ...] = ("member-a", "member-b"),
                  nodes_per_member: int = 2, spare: str | None = "member-c",
-                 log_level: int = 1) -> None:
+                 log_level: int = 1, real_nodes: bool = True) -> None:
         self.workdir = workdir
         self.members = members
         self.nodes_per_member = nodes_per_member
@@ -183,6 +189,14 @@ class ControlPlane:
         self.kubeconfig = workdir / "kubeconfig"
         self.started_s = 0.0
         self._token = secrets.token_hex(4)  # unique per control plane on this machine
+        # Real nodes (tests/k8s/nodes.py): one kubelet per member, beside the KWOK nodes.
+        self.real = real_nodes
+        self.prefix = f"smk{secrets.token_hex(2)}"
+        self.underlay_bridge = f"{self.prefix}ul"
+        self.real_nodes: dict[str, RealNode] = {}
+        self.forwarders: dict[str, Forwarder] = {}
+        self.cni_bin = CACHE / "cni"
+        self.pause_name = ""
 
     # --- lifecycle ---
 
@@ -199,7 +213,8 @@ class ControlPlane:
             self._write_kubeconfig()
             for m in self.members:
                 self._controller_manager(m, controllers="deployment,replicaset,serviceaccount,"
-                                         "serviceaccount-token,namespace,garbagecollector")
+                                         "serviceaccount-token,namespace,garbagecollector,"
+                                         "root-ca-cert-publisher")
                 self._scheduler(m)
                 self._kwok(m)
             if self.spare:
@@ -208,6 +223,8 @@ class ControlPlane:
             self._install_crds()
             for m in self.members:
                 self._nodes(m)
+            if self.real:
+                self._real_nodes()
             self._kubefed()
             dead = [name for name, up in self.alive().items() if not up]
             if dead:
@@ -220,7 +237,14 @@ class ControlPlane:
         return self
 
     def stop(self) -> None:
-        """Stop every process started here, newest first, by PID; then remove the data."""
+        """Stop every process started here, newest first, by PID; then remove the data.
+        What the real nodes left is raised after everything else is stopped."""
+        try:
+            self.stop_real_nodes()
+        finally:
+            self._stop_processes()
+
+    def _stop_processes(self) -> None:
         for s in self.servers.values():
             if s.paused and s.proc is not None and s.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -238,6 +262,81 @@ class ControlPlane:
                 proc.wait(5)
         self.procs.clear()
         shutil.rmtree(self._etcd_dir, ignore_errors=True)
+
+    def reap(self, pid: int, *, timeout: float) -> None:
+        """Wait for one of our processes (already signalled) to end; SIGKILL it if it does
+        not within ``timeout``."""
+        for _name, proc in self.procs:
+            if proc.pid == pid:
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+                return
+
+    # --- real nodes ---
+
+    def real_node(self, member: str, index: int = 0) -> RealNode:
+        """The member's first real node (``index`` 1: its second, where it has one)."""
+        return [n for n in self.real_nodes.values() if n.cluster == member][index]
+
+    def _real_nodes(self) -> None:
+        """One real node per member cluster (see tests/k8s/nodes.py)."""
+        from dataplane.lab import images as lab_images
+
+        for b in ("kubelet",):
+            if b not in self.bin:
+                raise ControlPlaneError(f"{b} is missing (scripts/k8s_assets.sh builds it)")
+        for plugin in ("bridge", "host-local", "loopback"):
+            if not os.access(self.cni_bin / plugin, os.X_OK):
+                raise ControlPlaneError(f"CNI plugin {plugin} is missing from {self.cni_bin} "
+                                        "(scripts/k8s_assets.sh builds it)")
+        lab_images.build_reference()
+        self.pause_name, pause_archive = pause_image(CACHE)
+        archives = [lab_images.bundle_path(), pause_archive]
+        subprocess.run(["ip", "link", "add", self.underlay_bridge, "type", "bridge"],
+                       check=True, capture_output=True)
+        subprocess.run(["ip", "addr", "add", f"{HOST_IP}/{UNDERLAY.prefixlen}", "dev",
+                        self.underlay_bridge], check=True, capture_output=True)
+        subprocess.run(["ip", "link", "set", self.underlay_bridge, "up"], check=True,
+                       capture_output=True)
+        for m in self.members:
+            self.forwarders[m] = Forwarder(HOST_IP, self.servers[m].port)
+        index = 0
+        for m in self.members:
+            # the first member gets two: a link's two ends never share a node (one VNI per
+            # node's VxLAN socket), so a client and the service it follows need two nodes
+            for j in range(1, (2 if m == self.members[0] else 1) + 1):
+                index += 1
+                node = RealNode(cp=self, cluster=m, name=f"{m.rsplit('-', 1)[-1]}r{j}",
+                                index=index, prefix=self.prefix)
+                self.real_nodes[node.name] = node
+                try:
+                    node.start(images=archives, forwarder_port=self.forwarders[m].port)
+                except NodeError as e:
+                    raise ControlPlaneError(str(e)) from e
+        for node in self.real_nodes.values():
+            try:
+                node.wait_ready()
+            except NodeError as e:
+                raise ControlPlaneError(str(e)) from e
+
+    def stop_real_nodes(self) -> list[str]:
+        """Stop the real nodes and remove what they made; returns what had to be forced."""
+        forced: list[str] = []
+        for node in reversed(list(self.real_nodes.values())):
+            forced += node.stop()
+        left = [x for node in self.real_nodes.values() for x in node.left()]
+        self.real_nodes.clear()
+        for f in self.forwarders.values():
+            f.close()
+        self.forwarders.clear()
+        subprocess.run(["ip", "link", "del", self.underlay_bridge], capture_output=True,
+                       check=False)
+        if left:
+            raise ControlPlaneError(f"real nodes left behind: {left}")
+        return forced
 
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.procs}
@@ -273,7 +372,9 @@ class ControlPlane:
                       "-out", "ca.crt", "-days", "2", "-subj", "/CN=smk8s-test-ca")
         self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "serving.key",
                       "-out", "serving.csr", "-subj", "/CN=kube-apiserver")
-        (self.workdir / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        # the bridge address too: the real nodes' kubelets reach the servers through it
+        (self.workdir / "san.ext").write_text(
+            f"subjectAltName=IP:127.0.0.1,IP:{HOST_IP},DNS:localhost\n")
         self._openssl("x509", "-req", "-in", "serving.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
                       "-CAcreateserial", "-out", "serving.crt", "-days", "2",
                       "-extfile", "san.ext")
@@ -323,7 +424,7 @@ class ControlPlane:
             f"--service-account-issuer=https://{name}.smk8s.test",
             f"--service-account-key-file=sa-{name}.key",
             f"--service-account-signing-key-file=sa-{name}.key",
-            "--service-cluster-ip-range=10.96.0.0/24",
+            "--service-cluster-ip-range=198.19.239.0/24",
             "--enable-priority-and-fairness=false", "--profiling=false",
             "--endpoint-reconciler-type=none", f"-v={self.log_level}",
             # no node lifecycle controller runs (KWOK keeps the fake nodes Ready), so nodes
@@ -381,7 +482,7 @@ class ControlPlane:
         self._spawn(f"kwok-{name}", [
             str(self.bin["kwok"]), f"--kubeconfig={kc}",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1",
+            "--cidr=198.19.236.0/22", "--node-ip=198.19.235.1",
         ])
 
     def node_names(self, member: str) -> list[str]:

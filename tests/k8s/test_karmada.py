@@ -1,7 +1,7 @@
 """The Karmada adapter against a real API server carrying Karmada's own CRDs (v1.12 chart).
 
-No Karmada controller runs here (its scheduler and controllers need the Karmada control plane,
-which is not built), so what is tested is what is ours: the objects the adapter writes (the
+No Karmada controller runs here (tests/k8s/test_karmada_controllers.py runs them), so what is
+tested is what is ours: the objects the adapter writes (the
 Deployment template, the PropagationPolicy's ``placement.clusterAffinity.clusterNames``, the
 OverridePolicy's per-cluster ``plaintext`` rules with the standby marker and NSM annotation),
 the API server's validation of them against Karmada's schemas, 409 conflicts between
@@ -9,7 +9,9 @@ concurrent writers retried until every write lands (each policy's first write is
 conflict for certain by a competing writer, whose annotation survives the retry), and the
 reading of a ResourceBinding's status: this test writes the binding and its status as
 Karmada's scheduler and status controller would, and checks that readiness follows them, with
-timeouts.
+timeouts. The clusters are Karmada Cluster objects (the minimal Cluster CRD of
+tests/k8s/karmada_plane.py) whose Ready condition the test writes; placing on a cluster with
+no Cluster object is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mobility.errors import FederationError
 from mobility.models import Instance
 from tests.k8s.conftest import client
 from tests.k8s.controlplane import ApiServer, ControlPlane
+from tests.k8s.karmada_plane import CLUSTER_API, cluster_crd
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -86,8 +89,30 @@ class CountingClient(KubeClient):
             self.local.interfering = False
 
 
+CLUSTERS = [f"edge-{i}" for i in range(1, 7)]
+
+
+def ready_clusters(host: ApiServer, names: list[str]) -> None:
+    """Karmada Cluster objects reported Ready, as Karmada's cluster status controller would."""
+    crd = cluster_crd()
+    host.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    host.wait_crds([crd["metadata"]["name"]])
+    for name in names:
+        host.create(CLUSTER_API, {
+            "apiVersion": "cluster.karmada.io/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": name},
+            "spec": {"syncMode": "Push", "apiEndpoint": "https://127.0.0.1:9"}})
+        cluster = host.get(f"{CLUSTER_API}/{name}")
+        assert cluster is not None
+        cluster["status"] = {"conditions": [{
+            "type": "Ready", "status": "True", "reason": "ClusterReady",
+            "message": "written by the test", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        host.http.put(f"{CLUSTER_API}/{name}/status", json=cluster).raise_for_status()
+
+
 @pytest.fixture
 def karmada(control_plane: ControlPlane) -> Iterator[KarmadaFederation]:
+    ready_clusters(control_plane.servers["host"], CLUSTERS)
     base = client(control_plane, "host")
     counting = CountingClient(base.api, name="karmada", timeout=base.timeout)
     yield KarmadaFederation(karmada=counting, namespace=NS, domain="smk8s.test")
@@ -186,6 +211,12 @@ def test_placement_policies_and_binding_status(karmada: KarmadaFederation,
     write_binding(host, "web", clusters=["edge-2"], health={"edge-2": "Healthy"})
     karmada.wait_removed(instance=source, timeout=5)
 
+    # a cluster Karmada does not know is refused at once, not retryable
+    with pytest.raises(FederationError, match="not a member cluster of Karmada") as err:
+        karmada.place(instance=Instance(cluster="edge-404", node="x1", pod="web-3"),
+                      workload="echo", params={}, start=True)
+    assert not err.value.retryable
+
     # the last instance takes the template and both policies with it
     karmada.unplace(instance=target)
     assert host.get(f"{POLICY}/propagationpolicies/web") is None
@@ -201,7 +232,7 @@ def test_concurrent_placements_conflict_and_all_land(karmada: KarmadaFederation,
     assert isinstance(counting, CountingClient)
     pp_path, op_path = f"{POLICY}/propagationpolicies/api", f"{POLICY}/overridepolicies/api"
     counting.armed = {pp_path, op_path}  # each policy's first write certainly conflicts
-    clusters = [f"edge-{i}" for i in range(1, 7)]
+    clusters = CLUSTERS
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(clusters))
 

@@ -10,7 +10,11 @@ Per service, in the Karmada API server's workload namespace:
 
 Readiness and placement are read from the **ResourceBinding** Karmada's controllers keep for
 the Deployment (``<name>-deployment``): the cluster must be in ``spec.clusters`` (scheduled)
-and its ``status.aggregatedStatus`` entry applied and Healthy.
+and its ``status.aggregatedStatus`` entry applied, Healthy and with the replicas its rule asks
+for ready. When it is not, the binding's ``Scheduled`` condition and the **Cluster** object
+say why (Karmada reports the cluster not Ready, or has no such cluster). A removal is done
+when Karmada's **Work** for the cluster is gone: its finalizer is lifted only once Karmada
+deleted the Deployment from the member.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from mobility.backends.kube.objects import (
     MANAGED_BY,
     SERVICE_LABEL,
     InstanceSpec,
+    PodSpecFor,
     client_annotation,
     default_image,
+    default_pod_spec,
     deployment_template,
     params_env,
     service_of,
@@ -42,16 +48,40 @@ log = logging.getLogger(__name__)
 
 POLICY_API = "/apis/policy.karmada.io/v1alpha1"
 WORK_API = "/apis/work.karmada.io/v1alpha2"
+WORKS_API = "/apis/work.karmada.io/v1alpha1"  # Work is v1alpha1 in Karmada v1.12
+CLUSTER_API = "/apis/cluster.karmada.io/v1alpha1/clusters"
+EXECUTION_SPACE = "karmada-es-"  # Karmada keeps a cluster's Works in karmada-es-<cluster>
 
 
 def _to_plaintext(overrides: list[Obj]) -> list[Obj]:
-    """KubeFed's ``{op, path, value}`` as Karmada's ``{operator, path, value}``."""
-    return [{"operator": o["op"], "path": o["path"], "value": o["value"]} for o in overrides]
+    """KubeFed's ``{op, path, value}`` as Karmada's ``{operator, path, value}``.
+
+    ``replace`` is written as ``add``: the template is a real Deployment in Karmada's API
+    server, which drops empty fields (an instance without parameters has no ``env``), and a
+    JSON-patch ``replace`` of a missing member fails the whole override (Karmada then writes
+    no Work at all). ``add`` on an object member sets it whether it is there or not.
+    """
+    return [{"operator": "add" if o["op"] == "replace" else o["op"], "path": o["path"],
+             "value": o["value"]} for o in overrides]
 
 
 def _from_plaintext(plaintext: list[Obj]) -> list[Obj]:
     return [{"op": p.get("operator"), "path": p.get("path"), "value": p.get("value")}
             for p in plaintext]
+
+
+def _condition(obj: Obj, kind: str) -> Obj:
+    """The ``status.conditions`` entry of type ``kind``, or an empty dict."""
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return dict(c)
+    return {}
+
+
+def _excerpt(message: object, limit: int = 200) -> str:
+    """A Karmada condition message, bounded: it lands in errors that travel to API answers."""
+    text = " ".join(str(message or "").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cluster_names(pp: Obj) -> list[str]:
@@ -84,12 +114,15 @@ class KarmadaFederation:
     def __init__(self, *, karmada: KubeClient, namespace: str = "mobility",
                  domain: str = "cluster.local",
                  image_for: Callable[[str], str] = default_image,
-                 poll_s: float = 0.1) -> None:
+                 pod_spec_for: PodSpecFor | None = None,
+                 poll_s: float = 0.1, removal_timeout_s: float = 30.0) -> None:
         self.karmada = karmada
         self.namespace = namespace
         self.domain = domain
         self.image_for = image_for
+        self.pod_spec_for = pod_spec_for or default_pod_spec(image_for)
         self.poll_s = poll_s
+        self.removal_timeout_s = removal_timeout_s
 
     def _selector(self, service: str) -> list[Obj]:
         return [{"apiVersion": "apps/v1", "kind": "Deployment", "name": service,
@@ -121,10 +154,15 @@ class KarmadaFederation:
         """
         service = service_of(instance)
         cluster = instance.cluster
+        if self.karmada.get(f"{CLUSTER_API}/{cluster}") is None:
+            # Karmada's scheduler would only say that no cluster fits, for ever
+            raise FederationError(f"cannot place {instance.pod}: {cluster!r} is not a member "
+                                  "cluster of Karmada (no Cluster object)")
         labels = {SERVICE_LABEL: service, MANAGED_BY[0]: MANAGED_BY[1]}
+        # Karmada's namespace controller propagates the namespace to every member cluster
         self.karmada.create("/api/v1/namespaces", {"metadata": {"name": self.namespace}})
         template = deployment_template(service=service, workload=workload, params=params,
-                                       image=self.image_for(workload))
+                                       pod_spec=self.pod_spec_for(workload, params))
         template["apiVersion"], template["kind"] = "apps/v1", "Deployment"
         template["metadata"].update(name=service, namespace=self.namespace)
         template["spec"]["replicas"] = 0  # the per-cluster rules say how many
@@ -138,6 +176,12 @@ class KarmadaFederation:
                 "clusterNames": sorted([*names, cluster])}
             return True
 
+        # A PropagationPolicy deleted by the last unplace lingers until Karmada's detector
+        # lifts its finalizer; a placement written into it would go with it.
+        lingering = self.karmada.get(self._pp_path(service))
+        if lingering is not None and lingering["metadata"].get("deletionTimestamp"):
+            self.karmada.wait_gone(self._pp_path(service), timeout=self.removal_timeout_s,
+                                   poll_s=self.poll_s)
         if self.karmada.update(self._pp_path(service), add_cluster) is None:
             pp: Obj = {"apiVersion": "policy.karmada.io/v1alpha1", "kind": "PropagationPolicy",
                        "metadata": {"name": service, "namespace": self.namespace,
@@ -184,12 +228,16 @@ class KarmadaFederation:
         self.place(instance=instance, workload=workload, params=params, start=True)
 
     def wait_ready(self, *, instance: Instance, timeout: float) -> None:
-        """Return once the ResourceBinding shows the cluster scheduled, applied and Healthy."""
-        service = service_of(instance)
+        """Return once Karmada reports the instance scheduled, applied, Healthy and ready.
+
+        Polled until the deadline, then a retryable FederationError says what was missing
+        (a cluster Karmada reports not Ready may come back); a cluster Karmada does not know
+        fails at once, not retryable.
+        """
         deadline = time.monotonic() + timeout
         while True:
             try:
-                problem = self.not_ready(service, instance.cluster)
+                problem = self.not_ready(instance)
             except FederationError as e:
                 if not e.retryable:
                     raise
@@ -201,22 +249,65 @@ class KarmadaFederation:
                                       f"{timeout}s: {problem}", retryable=True)
             time.sleep(self.poll_s)
 
-    def not_ready(self, service: str, cluster: str) -> str | None:
-        """What the ResourceBinding says keeps the cluster's instance from serving, or None."""
+    def not_ready(self, instance: Instance) -> str | None:
+        """What keeps the instance from serving, from Karmada's objects; None when it serves.
+
+        The ResourceBinding's ``aggregatedStatus`` entry for the cluster must be applied and
+        Healthy and show the ready replicas the instance's rule asks for: Karmada's health of a
+        Deployment holds for a Deployment scaled to 0 too, and an entry can still describe the
+        Deployment before the latest rule reached the member (a start from 0 to 1 replica).
+        When the cluster is not scheduled or reports nothing, the reason is looked for in the
+        binding's ``Scheduled`` condition and in the Cluster's ``Ready`` condition; a status
+        entry counts only while Karmada reports the cluster Ready.
+        """
+        service, cluster = service_of(instance), instance.cluster
+        op = self.karmada.get(self._op_path(service))
+        spec = InstanceSpec.read(cluster, _rules(op or {}).get(cluster, []))
+        if spec is None:
+            return f"{instance.pod} is not placed in {cluster}"
+        if spec.instance.pod != instance.pod:
+            return f"{cluster} holds {spec.instance.pod} of {service}, not {instance.pod}"
         rb = self.karmada.get(self.binding_path(service))
         if rb is None:
             return f"no ResourceBinding for {service} yet"
         if cluster not in [c.get("name") for c in (rb.get("spec") or {}).get("clusters") or []]:
-            return f"Karmada has not scheduled {service} to {cluster}"
+            scheduled = _condition(rb, "Scheduled")
+            why = (f" (Scheduled {scheduled.get('status')}: {scheduled.get('reason', '')}: "
+                   f"{_excerpt(scheduled.get('message'))})" if scheduled else "")
+            return self._cluster_problem(cluster) or (
+                f"Karmada has not scheduled {service} to {cluster}{why}")
         for entry in (rb.get("status") or {}).get("aggregatedStatus") or []:
             if entry.get("clusterName") != cluster:
                 continue
             if not entry.get("applied"):
-                return f"not applied in {cluster}: {entry.get('appliedMessage', '')}"
+                return self._cluster_problem(cluster) or (
+                    f"not applied in {cluster}: {_excerpt(entry.get('appliedMessage'))}")
             if entry.get("health") != "Healthy":
                 return f"{service} in {cluster} is {entry.get('health', 'Unknown')}"
+            ready = int((entry.get("status") or {}).get("readyReplicas") or 0)
+            if ready < spec.replicas:
+                return f"{service} in {cluster} has {ready}/{spec.replicas} ready replicas"
+            # the entry is the last status Karmada collected: a cluster it has since found
+            # unreachable keeps its last, Healthy, entry
+            return self._cluster_problem(cluster)
+        return self._cluster_problem(cluster) or f"no status from {cluster} yet"
+
+    def _cluster_problem(self, cluster: str) -> str | None:
+        """Why Karmada cannot run anything on the cluster, or None when it reports it Ready.
+
+        No Cluster object: not retryable (nothing will schedule there until someone joins it).
+        """
+        obj = self.karmada.get(f"{CLUSTER_API}/{cluster}")
+        if obj is None:
+            raise FederationError(f"{cluster!r} is not a member cluster of Karmada (no Cluster "
+                                  "object; unjoined?)")
+        ready = _condition(obj, "Ready")
+        if ready.get("status") == "True":
             return None
-        return f"no status from {cluster} yet"
+        if not ready:
+            return f"Karmada has not reported cluster {cluster}'s health yet"
+        return (f"Karmada reports cluster {cluster} not Ready ({ready.get('reason', '')}: "
+                f"{_excerpt(ready.get('message'))})")
 
     def quiesce(self, *, instance: Instance) -> None:
         """Not possible here: pausing reaches the member's pods, which Karmada keeps to itself.
@@ -271,12 +362,22 @@ class KarmadaFederation:
 
         pp = self.karmada.update(self._pp_path(service), drop_cluster)
         if (pp is None or not _cluster_names(pp)) and (op is None or not _rules(op)):
+            # The template first: its ResourceBinding (owned by it) and Works go with it. The
+            # OverridePolicy deleted first would have Karmada re-render the last Work without
+            # the rule, the bare template, before removing it.
+            self.karmada.delete(self._deployment_path(service))
             self.karmada.delete(self._pp_path(service))
             self.karmada.delete(self._op_path(service))
-            self.karmada.delete(self._deployment_path(service))
 
     def wait_removed(self, *, instance: Instance, timeout: float) -> None:
-        """Return once the binding no longer schedules or reports the instance's cluster."""
+        """Return once Karmada has removed the service's Deployment from the instance's cluster.
+
+        The binding must no longer schedule or report the cluster, and the cluster's Work for
+        the Deployment must be gone: Karmada excludes a Work from the binding's status as soon
+        as it is being deleted, but lifts its finalizer only after deleting the Deployment
+        from the member (for a cluster Karmada reports not Ready it waits; the timeout says
+        so).
+        """
         service = service_of(instance)
         deadline = time.monotonic() + timeout
         while True:
@@ -285,19 +386,46 @@ class KarmadaFederation:
                              .get("clusters") or []]
             reported = [e.get("clusterName") for e in ((rb or {}).get("status") or {})
                         .get("aggregatedStatus") or []]
-            if instance.cluster not in spec_clusters + reported:
+            held = instance.cluster in spec_clusters + reported
+            work = None if held else self._work(service, instance.cluster)
+            if not held and work is None:
                 return
             if time.monotonic() >= deadline:
+                what = ("the binding still schedules it there" if held else
+                        f"Work {work['metadata']['name'] if work else ''} is still there")
+                try:
+                    problem = self._cluster_problem(instance.cluster)
+                except FederationError as e:  # an unjoined cluster: say so, as the cause
+                    problem = str(e)
                 raise FederationError(f"Karmada still holds {instance.pod} in "
-                                      f"{instance.cluster} after {timeout}s", retryable=True)
+                                      f"{instance.cluster} after {timeout}s: {what}"
+                                      + (f"; {problem}" if problem else ""), retryable=True)
             time.sleep(self.poll_s)
 
+    def _work(self, service: str, cluster: str) -> Obj | None:
+        """Karmada's Work carrying the service's Deployment to the cluster, if any.
+
+        Found by its manifest, not its name (Karmada names Works by a hash).
+        """
+        works = self.karmada.get(f"{WORKS_API}/namespaces/{EXECUTION_SPACE}{cluster}/works")
+        for work in (works or {}).get("items") or []:
+            for m in ((work.get("spec") or {}).get("workload") or {}).get("manifests") or []:
+                meta = m.get("metadata") or {}
+                if (m.get("kind") == "Deployment" and meta.get("name") == service
+                        and meta.get("namespace") == self.namespace):
+                    return dict(work)
+        return None
+
     def placements(self) -> dict[str, list[str]]:
-        """Service name -> clusters its PropagationPolicy places it on."""
+        """Service name -> clusters its PropagationPolicy places it on.
+
+        A policy being deleted (Karmada's finalizer holds it a moment) places nothing.
+        """
         items = self.karmada.request(
             "GET", self._pp_path(),
             query={"labelSelector": f"{MANAGED_BY[0]}={MANAGED_BY[1]}"}).get("items") or []
-        return {str(i["metadata"]["name"]): _cluster_names(i) for i in items}
+        return {str(i["metadata"]["name"]): _cluster_names(i) for i in items
+                if not i["metadata"].get("deletionTimestamp")}
 
 
 if TYPE_CHECKING:  # mypy checks here that the adapter implements the engine's port

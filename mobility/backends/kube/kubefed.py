@@ -107,9 +107,9 @@ class KubeFedFederation(KubeFedMembership):
             "apiVersion": "types.kubefed.io/v1beta1", "kind": "FederatedDeployment",
             "metadata": {"name": service, "namespace": self.namespace,
                          "labels": {SERVICE_LABEL: service, MANAGED_BY[0]: MANAGED_BY[1]}},
-            "spec": {"template": deployment_template(service=service, workload=workload,
-                                                     params=params,
-                                                     image=self.image_for(workload))},
+            "spec": {"template": deployment_template(
+                service=service, workload=workload, params=params,
+                pod_spec=self.pod_spec_for(workload, params))},
         }
         add(body)
         if self.host.create(f"{TYPES_API}/namespaces/{self.namespace}/federateddeployments",
@@ -311,14 +311,21 @@ class KubeFedFederation(KubeFedMembership):
     def _wait_removed(self, member: KubeClient, service: str, instance: Instance) -> None:
         deadline = time.monotonic() + self.removal_timeout_s
         path = self._deployment_path(service)
+        pods = f"/api/v1/namespaces/{self.namespace}/pods"
         while True:
             dep = member.get(path)
             if dep is None or ((dep["spec"]["template"]["metadata"].get("labels") or {})
                                .get(INSTANCE_LABEL) != instance.pod):
-                return
+                # and its pod gone too: on a real node, until then its container may still
+                # run (and hold its address, its state) for its grace period
+                left = member.request("GET", pods, query={
+                    "labelSelector": f"{INSTANCE_LABEL}={instance.pod}"}).get("items") or []
+                if not left:
+                    return
             if time.monotonic() > deadline:
-                raise FederationError(f"KubeFed has not removed {instance.pod} from "
-                                      f"{instance.cluster} after {self.removal_timeout_s}s",
+                raise FederationError(f"KubeFed has not removed {instance.pod} (or its pod) "
+                                      f"from {instance.cluster} after "
+                                      f"{self.removal_timeout_s}s",
                                       retryable=True)
             time.sleep(self.poll_s)
 

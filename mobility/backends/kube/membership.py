@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from mobility.backends.kube.client import KubeClient, Obj
 from mobility.backends.kube.objects import (
     MANAGED_BY,
+    PodSpecFor,
     default_image,
+    default_pod_spec,
     placement_clusters,
     set_placement,
 )
@@ -48,6 +50,7 @@ class KubeFedMembership:
                  domain: str = "cluster.local", host_name: str = "host",
                  kubefed_namespace: str = KUBEFED_NAMESPACE,
                  image_for: Callable[[str], str] = default_image,
+                 pod_spec_for: PodSpecFor | None = None,
                  members: Mapping[str, KubeClient] | None = None,
                  removal_timeout_s: float = 30.0, poll_s: float = 0.1) -> None:
         self.host = host
@@ -56,6 +59,7 @@ class KubeFedMembership:
         self.host_name = host_name
         self.kubefed_namespace = kubefed_namespace
         self.image_for = image_for
+        self.pod_spec_for = pod_spec_for or default_pod_spec(image_for)
         self.removal_timeout_s = removal_timeout_s
         self.poll_s = poll_s
         self._members: dict[str, KubeClient] = dict(members or {})

@@ -7,8 +7,9 @@ none of the adapters imports another for them.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -138,23 +139,44 @@ def params_env(params: Params) -> tuple[tuple[str, str], ...]:
     return tuple((f"MOBILITY_PARAM_{k.upper()}", str(v)) for k, v in sorted(params.items()))
 
 
+PodSpecFor = Callable[[str, Params], Obj]
+"""What a pod of a named workload runs (its ``spec``: containers, volumes), from the workload and
+the service's parameters. Injected by the composition: the engine does not know images or
+command lines; for the reference workloads on real nodes it is
+:func:`dataplane.lab.pods.kube_pod_spec`."""
+
+
+def default_pod_spec(image_for: Callable[[str], str]) -> PodSpecFor:
+    """A pod spec naming only the workload's image (KWOK never runs it)."""
+
+    def spec(workload: str, params: Params) -> Obj:
+        return {"containers": [{"name": workload, "image": image_for(workload)}]}
+
+    return spec
+
+
 def deployment_template(*, service: str, workload: str, params: Params,
-                        image: str) -> Obj:
+                        pod_spec: Obj) -> Obj:
     """The Deployment every instance of a service starts from (KubeFed's ``spec.template``).
 
-    Workload parameters become ``MOBILITY_PARAM_<NAME>`` environment variables: named
-    parameters of a named workload, never a command from a request.
+    Workload parameters become ``MOBILITY_PARAM_<NAME>`` environment variables of the first
+    container: named parameters of a named workload, never a command from a request. The pod
+    gets no service-account token (an instance never talks to the API server: it holds no
+    credential a compromised workload could use) and no service-link variables.
     """
     labels = {"app": service, SERVICE_LABEL: service}
     env = [{"name": k, "value": v} for k, v in params_env(params)]
+    spec = copy.deepcopy(dict(pod_spec))
+    spec["containers"] = [dict(c) for c in spec["containers"]]
+    spec["containers"][0]["env"] = [*spec["containers"][0].get("env", []), *env]
+    spec.setdefault("automountServiceAccountToken", False)
+    spec.setdefault("enableServiceLinks", False)
+    spec.setdefault("terminationGracePeriodSeconds", 5)
     return {
         "metadata": {"labels": {**labels, MANAGED_BY[0]: MANAGED_BY[1]}},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {SERVICE_LABEL: service}},
-            "template": {
-                "metadata": {"labels": dict(labels)},
-                "spec": {"containers": [{"name": workload, "image": image, "env": env}]},
-            },
+            "template": {"metadata": {"labels": dict(labels)}, "spec": spec},
         },
     }
