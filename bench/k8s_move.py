@@ -215,6 +215,7 @@ def main() -> int:
                 kp = KarmadaPlane(cp)
                 kp.start()
             started_s = round(time.monotonic() - t0, 1)
+            (work / "redis").mkdir()
             redis_server = RedisServer(work / "redis")
             with real_lab(cp, karmada=kp.client() if kp else None,
                           redis_base=redis_server.url.rsplit("/", 1)[0],

@@ -66,14 +66,15 @@ def build_engine(settings: Settings) -> Engine:
         from dataplane.lab.pods import kube_pod_spec
         from mobility.backends.kube.karmada import KarmadaFederation
 
-        fed = KarmadaFederation(karmada=host, namespace=settings.kube_namespace,
-                                domain=settings.nsm_domain, pod_spec_for=kube_pod_spec)
-
         def from_context(cluster: str) -> KubeClient:
             # Karmada keeps member credentials to itself: reach members through the
             # kubeconfig's contexts, named after the clusters.
             return KubeClient.from_kubeconfig(settings.kubeconfig or "~/.kube/config",
                                               context=cluster, timeout=settings.kube_timeout_s)
+
+        fed = KarmadaFederation(karmada=host, namespace=settings.kube_namespace,
+                                domain=settings.nsm_domain, pod_spec_for=kube_pod_spec,
+                                members=from_context)
 
         members = from_context
 

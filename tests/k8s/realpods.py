@@ -133,7 +133,8 @@ def real_lab(cp: ControlPlane, *, karmada: KubeClient | None, redis_base: str, r
                                         removal_timeout_s=60)
             karmada_fed = None if karmada is None else KarmadaFederation(
                 karmada=karmada, namespace=KARMADA_NAMESPACE, domain=DOMAIN,
-                pod_spec_for=kube_pod_spec)
+                pod_spec_for=kube_pod_spec, removal_timeout_s=60,
+                members=lambda m: client(cp, m))
             wiring = AgentWiring(agent, registry.clusters, call_timeout=20)
             yield RealLab(cp=cp, registry=registry, wiring=wiring, agent=agent,
                           clusters=clusters, kubefed=kubefed, karmada=karmada_fed)

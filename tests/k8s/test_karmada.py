@@ -115,7 +115,9 @@ def karmada(control_plane: ControlPlane) -> Iterator[KarmadaFederation]:
     ready_clusters(control_plane.servers["host"], CLUSTERS)
     base = client(control_plane, "host")
     counting = CountingClient(base.api, name="karmada", timeout=base.timeout)
-    yield KarmadaFederation(karmada=counting, namespace=NS, domain="smk8s.test")
+    # no Karmada controller removes anything here: unplace must not wait for it
+    yield KarmadaFederation(karmada=counting, namespace=NS, domain="smk8s.test",
+                            wait_on_unplace=False)
 
 
 def rules(op: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from mobility.backends.kube.client import KubeClient, Obj
 from mobility.backends.kube.objects import (
+    INSTANCE_LABEL,
     MANAGED_BY,
     SERVICE_LABEL,
     InstanceSpec,
@@ -115,7 +116,9 @@ class KarmadaFederation:
                  domain: str = "cluster.local",
                  image_for: Callable[[str], str] = default_image,
                  pod_spec_for: PodSpecFor | None = None,
-                 poll_s: float = 0.1, removal_timeout_s: float = 30.0) -> None:
+                 poll_s: float = 0.1, removal_timeout_s: float = 30.0,
+                 members: Callable[[str], KubeClient] | None = None,
+                 wait_on_unplace: bool = True) -> None:
         self.karmada = karmada
         self.namespace = namespace
         self.domain = domain
@@ -123,6 +126,10 @@ class KarmadaFederation:
         self.pod_spec_for = pod_spec_for or default_pod_spec(image_for)
         self.poll_s = poll_s
         self.removal_timeout_s = removal_timeout_s
+        # RELEASE returns once the source is gone: Karmada's Work (and, with clients for the
+        # members, the pod itself). Off only where no controller removes anything.
+        self.members = members
+        self.wait_on_unplace = wait_on_unplace
 
     def _selector(self, service: str) -> list[Obj]:
         return [{"apiVersion": "apps/v1", "kind": "Deployment", "name": service,
@@ -326,7 +333,9 @@ class KarmadaFederation:
         """Take the cluster out of the policies; the last instance takes them all. Idempotent.
 
         The instances that remain lose their standby marker. Karmada's controllers remove the
-        Deployment from the member; :meth:`wait_removed` watches the binding for it.
+        Deployment from the member; this returns once they have (:meth:`wait_removed`) and,
+        given clients for the members, once the pod is gone too. A cluster Karmada reports not
+        Ready is not waited for (Karmada removes it when the member answers again).
         """
         service = service_of(instance)
         cluster = instance.cluster
@@ -368,6 +377,46 @@ class KarmadaFederation:
             self.karmada.delete(self._deployment_path(service))
             self.karmada.delete(self._pp_path(service))
             self.karmada.delete(self._op_path(service))
+        if not self.wait_on_unplace:
+            return
+        try:
+            problem = self._cluster_problem(cluster)
+        except FederationError:
+            return  # unjoined: Karmada has nothing there to remove
+        if problem:
+            # as with KubeFed in a partition: Karmada holds the desired state and removes the
+            # Deployment when the member answers again, so a rollback can finish meanwhile
+            log.warning("%s: removal from %s left to Karmada: %s", instance.pod, cluster,
+                        problem)
+            return
+        self.wait_removed(instance=instance, timeout=self.removal_timeout_s)
+        if self.members is not None:
+            self._wait_pod_gone(instance)
+
+    def _wait_pod_gone(self, instance: Instance) -> None:
+        """Until the member runs no pod of the instance any more: Karmada's Work is gone once
+        the Deployment is deleted, but its pod may still run (and hold its address and its
+        state) through its grace period."""
+        assert self.members is not None
+        deadline = time.monotonic() + self.removal_timeout_s
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        selector = {"labelSelector": f"{INSTANCE_LABEL}={instance.pod}"}
+        while True:
+            try:
+                left = self.members(instance.cluster).request(
+                    "GET", path, query=selector).get("items") or []
+            except Exception as e:  # best effort: Karmada has removed the Deployment already
+                # (a member without a client here, or unreachable right now)
+                log.warning("%s: could not check its pod is gone from %s: %s", instance.pod,
+                            instance.cluster, e)
+                return
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise FederationError(f"the pod of {instance.pod} still runs in "
+                                      f"{instance.cluster} after {self.removal_timeout_s}s",
+                                      retryable=True)
+            time.sleep(self.poll_s)
 
     def wait_removed(self, *, instance: Instance, timeout: float) -> None:
         """Return once Karmada has removed the service's Deployment from the instance's cluster.
