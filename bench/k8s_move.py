@@ -21,9 +21,11 @@ mode. A Redis, and the lab's node agent on every real node (tests/k8s/realpods.p
    the edit to the first reply from the new pod; its loss is what the sender counted.
 
 Prints one JSON object with the distributions (``bench.percentiles``) and the ratios against
-the same run's pod start. Stateful moves on Kubernetes are not part of it yet (``stateful``
-says so). Everything started is stopped, by PID. Exits non-zero if a move failed or ours lost
-a request.
+the same run's pod start, then (``stateful``) the same moves of a session service holding
+``--state-mb`` of state (1 % of it dirtied a second) with a session client checking every
+counter: SYNC and CUTOVER through the state relay the node agent starts beside the pod.
+Everything started is stopped, by PID. Exits non-zero if a move failed, ours lost a request
+or a counter came back wrong.
 """
 
 from __future__ import annotations
@@ -45,8 +47,6 @@ from bench.percentiles import distribution
 from mobility.models import Instance, MoveStatus
 from mobility.moving import Engine, MoveRequests
 from mobility.node_ops import Quiesce
-from mobility.settings import Settings
-from tests.conftest import RedisServer
 from tests.k8s.conftest import client
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.karmada_plane import KarmadaPlane
@@ -124,13 +124,17 @@ def baseline(lab: RealLab, backend: str, n: int) -> list[float]:
     return out
 
 
-def ours(lab: RealLab, backend: str, moves: int) -> dict[str, Any]:
-    pair = deploy_pair(lab, backend, "bench")
-    settings = Settings(ready_timeout_s=120.0, lease_ttl_s=5.0)
+def ours(lab: RealLab, backend: str, moves: int, *,
+         state_mb: float | None = None) -> dict[str, Any]:
+    pair = deploy_pair(lab, backend, "bench" if state_mb is None else "bstate",
+                       state_mb=state_mb)
+    settings = lab.settings()
     engine = Engine(registry=lab.registry, federation=pair.fed, wiring=lab.wiring,
-                    state_agents=NoStateAgents(), settings=settings)
+                    state_agents=lab.state_agents if state_mb else NoStateAgents(),
+                    settings=settings)
     requests = MoveRequests(registry=lab.registry, settings=settings)
     totals: list[float] = []
+    freezes: list[float] = []
     phases: dict[str, list[float]] = {}
     failed: list[str] = []
     try:
@@ -143,6 +147,8 @@ def ours(lab: RealLab, backend: str, moves: int) -> dict[str, Any]:
                 failed.append(f"{move.id}: {done.status} {done.error}")
                 break
             totals.append((time.monotonic() - t0) * 1000)
+            if done.freeze_ms is not None:
+                freezes.append(done.freeze_ms)
             pair.placed.append(done.target)
             for e in lab.registry.events(move.id):
                 if e.kind == "phase_ended" and e.phase and e.detail.endswith(" ms"):
@@ -153,11 +159,16 @@ def ours(lab: RealLab, backend: str, moves: int) -> dict[str, Any]:
         probe = pair.progress()
     finally:
         pair.remove()
-    return {"moves": moves, "succeeded": len(totals), "failed": failed,
-            "total_ms": distribution(totals) if totals else None,
-            "phase_ms_p50": {p: distribution(v)["p50"] for p, v in phases.items()},
-            "sent": probe.get("sent"), "lost": probe.get("lost"),
-            "max_gap_ms": probe.get("max_gap_ms")}
+    out: dict[str, Any] = {
+        "moves": moves, "succeeded": len(totals), "failed": failed,
+        "total_ms": distribution(totals) if totals else None,
+        "phase_ms_p50": {p: distribution(v)["p50"] for p, v in phases.items()},
+        "sent": probe.get("sent"), "lost": probe.get("lost"),
+        "max_gap_ms": probe.get("max_gap_ms")}
+    if state_mb is not None:
+        out.update(state_mb=state_mb, freeze_ms=distribution(freezes) if freezes else None,
+                   counters_ok=probe.get("counters_ok"))
+    return out
 
 
 def native(lab: RealLab, backend: str) -> dict[str, Any]:
@@ -201,6 +212,8 @@ def main() -> int:
     parser.add_argument("--backend", choices=["kubefed", "karmada"], default="karmada")
     parser.add_argument("--moves", type=int, default=6)
     parser.add_argument("--baseline", type=int, default=5, help="pod starts to measure")
+    parser.add_argument("--state-mb", type=float, default=64.0,
+                        help="the stateful service's state (0: no stateful moves)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="smk8s-bench-") as tmp:
@@ -208,27 +221,22 @@ def main() -> int:
         t0 = time.monotonic()
         cp = ControlPlane(work / "cp")
         kp: KarmadaPlane | None = None
-        redis_server: RedisServer | None = None
         try:
             cp.start()
             if args.backend == "karmada":
                 kp = KarmadaPlane(cp)
                 kp.start()
             started_s = round(time.monotonic() - t0, 1)
-            (work / "redis").mkdir()
-            redis_server = RedisServer(work / "redis")
-            with real_lab(cp, karmada=kp.client() if kp else None,
-                          redis_base=redis_server.url.rsplit("/", 1)[0],
-                          redis_port=redis_server.port, db=3) as lab:
+            with real_lab(cp, karmada=kp.client() if kp else None) as lab:
                 if args.backend == "kubefed":
                     for m in cp.members:
                         lab.kubefed.join(name=m, member=client(cp, m), ready_timeout_s=60)
                 pod_start = baseline(lab, args.backend, args.baseline)
                 ours_result = ours(lab, args.backend, args.moves)
+                stateful_result = (ours(lab, args.backend, args.moves, state_mb=args.state_mb)
+                                   if args.state_mb else None)
                 native_result = native(lab, args.backend)
         finally:
-            if redis_server is not None:
-                redis_server.stop()
             if kp is not None:
                 kp.stop()
             cp.stop()
@@ -242,10 +250,12 @@ def main() -> int:
         "ours_over_pod_start": round(float(ours_p50) / start_p50, 2) if ours_p50 else None,
         "native": native_result,
         "native_over_pod_start": round(native_result["total_ms"] / start_p50, 2),
-        "stateful": "not measured: stateful moves on Kubernetes are not built yet",
+        "stateful": stateful_result,
     }
     print(json.dumps(out))
-    ok = not ours_result["failed"] and ours_result["lost"] == 0
+    ok = not ours_result["failed"] and ours_result["lost"] == 0 and (
+        stateful_result is None or (not stateful_result["failed"] and stateful_result["lost"] == 0
+                                    and stateful_result["counters_ok"] is True))
     return 0 if ok else 1
 
 

@@ -182,6 +182,22 @@ class Resume(NodeOp[None]):
 
 
 @dataclass(frozen=True)
+class EnsureRelay(NodeOp[str]):
+    """Start (once) the state relay beside a kubelet's pod; the answer is the path of the
+    socket the orchestrator's state agent client connects to."""
+
+    TASK: ClassVar[str] = "node.ensure_relay"
+    pod: str
+    timeout: float = 10.0
+
+    def call_timeout(self, default: float) -> float:
+        return self.timeout + 5
+
+    def decode(self, value: object) -> str:
+        return str(value)
+
+
+@dataclass(frozen=True)
 class Ping(NodeOp["dict[str, object]"]):
     TASK: ClassVar[str] = "node.ping"
 
@@ -193,5 +209,5 @@ AnyOp = NodeOp[Any]
 
 ALL: tuple[type[AnyOp], ...] = (
     CreatePod, StartWorkload, WaitReady, DeletePod, CreateEnd, DeleteEnd, Switch, FdbDst,
-    SetRoutes, Quiesce, Resume, Ping,
+    SetRoutes, Quiesce, Resume, EnsureRelay, Ping,
 )

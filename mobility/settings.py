@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     kubeconfig: str | None = None  # the host (KubeFed) or Karmada API server; None: ~/.kube/config
     kube_context: str | None = None
     kube_namespace: str = "mobility"
+    # On Kubernetes, who makes the links: "nsm" writes NSM's objects (NSM's forwarders would
+    # act on them); "agents": the node agent on each node (MOBILITY_CRI_ADDRESS set there)
+    # plumbs the VxLAN ends into the kubelet's pods and relays their state, as on the lab.
+    kube_wiring: Literal["nsm", "agents"] = "nsm"
     nsm_domain: str = "cluster.local"
     kube_timeout_s: float = Field(default=10.0, gt=0)
     lab_name: str = "smlab"

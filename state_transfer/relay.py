@@ -522,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
                         default=os.environ.get("MOBILITY_FAULT_INJECTION") == "1",
                         help="honour fault injection (corrupt_seq); default: "
                              "MOBILITY_FAULT_INJECTION=1")
+    parser.add_argument("--exit-when-gone", metavar="PATH",
+                        help="end once PATH no longer exists (a relay beside a kubelet's pod, "
+                             "whose volume goes with the pod: the relay must not outlive it "
+                             "and keep its network namespace alive)")
     args = parser.parse_args(argv)
     _configure_logging()
     stopping = threading.Event()
@@ -533,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("state relay: serving %s for the application at %s", args.listen, args.app)
     started = time.monotonic()
     while not stopping.wait(1.0):
-        pass
+        if args.exit_when_gone and not os.path.exists(args.exit_when_gone):
+            log.info("state relay: %s is gone: ending", args.exit_when_gone)
+            break
     relay.stop()
     log.info("state relay: stopped after %.0f s", time.monotonic() - started)
     return 0

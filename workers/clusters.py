@@ -1,7 +1,9 @@
-"""Cluster join and unjoin (what ``kubefedctl join``/``unjoin`` do), as orchestration tasks.
+"""Cluster join and unjoin (what ``karmadactl`` or ``kubefedctl join``/``unjoin`` do), as
+orchestration tasks.
 
 They run on the orchestration worker, the one place that talks to Kubernetes; the API only
-sends them. Joining needs the KubeFed backend: the lab's clusters are made by ``mobility lab``.
+sends them. Joining needs a Kubernetes backend (Karmada or KubeFed): the lab's clusters are
+made by ``mobility lab``.
 
 A task's arguments are ``{"name", "credentials"}``: the id of the member's credentials, which
 the API checked (:mod:`mobility.kubeconfigs`) and stored sealed
@@ -27,7 +29,7 @@ from mobility.settings import get_settings
 from mobility.store.credentials import Sealer
 from workers.app import app
 from workers.canvas import JOIN_CLUSTER, UNJOIN_CLUSTER
-from workers.composition import kubefed
+from workers.composition import membership
 from workers.moves import registry
 from workers.operating import run_operation
 
@@ -70,13 +72,6 @@ def _forget(spec: Mapping[str, object]) -> None:
                         exc_info=True)
 
 
-def _need_kubefed() -> None:
-    backend = get_settings().backend
-    if backend != "kubefed":
-        raise Conflict(f"joining and unjoining clusters needs MOBILITY_BACKEND=kubefed; this "
-                       f"deployment runs the {backend!r} backend")
-
-
 @app.task(name=JOIN_CLUSTER)
 def join(op_id: str, spec: Mapping[str, object]) -> Wire:
     try:
@@ -87,11 +82,10 @@ def join(op_id: str, spec: Mapping[str, object]) -> Wire:
 
 def _join(spec: Mapping[str, object]) -> Wire:
     try:
-        _need_kubefed()
+        fed = membership(get_settings())
         member = _member(spec)
         if member is None:
             raise Invalid("joining a cluster needs its kubeconfig")
-        fed = kubefed(get_settings())
         name = str(spec["name"])
         fed.join(name=name, member=member)
         cluster = fed.cluster_record(name)
@@ -111,13 +105,13 @@ def unjoin(op_id: str, spec: Mapping[str, object]) -> Wire:
 
 def _unjoin(spec: Mapping[str, object]) -> Wire:
     try:
-        _need_kubefed()
+        fed = membership(get_settings())
         name = str(spec["name"])
         running = [s.name for s in registry().services().values()
                    if s.instance and s.instance.cluster == name]
         if running:
             raise Conflict(f"cluster {name!r} still runs {running}; move them first")
-        kubefed(get_settings()).unjoin(name=name, member=_member(spec))
+        fed.unjoin(name=name, member=_member(spec))
         registry().delete_cluster(name)
     except MobilityError as exc:
         return to_wire(exc)

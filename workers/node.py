@@ -89,6 +89,7 @@ HANDLERS: Mapping[type[ops.AnyOp], Handler] = {
                                                 routes=[dict(r) for r in op.routes]),
     ops.Quiesce: lambda rt, op: rt.quiesce(pod=op.pod),
     ops.Resume: lambda rt, op: rt.resume(pod=op.pod),
+    ops.EnsureRelay: lambda rt, op: str(rt.ensure_relay(pod=op.pod, timeout=op.timeout)),
     ops.Ping: lambda rt, op: {"node": rt.node.queue_id, "pid": os.getpid()},
 }
 

@@ -349,6 +349,57 @@ class NodeRuntime:
         log.info("pod %s: state relay pid %s", pod, proc.pid)
         return proc.pid
 
+    def ensure_relay(self, *, pod: str, timeout: float) -> Path:
+        """The state relay beside a kubelet's stateful pod (the lab starts its own with the
+        container): in the pod's network namespace, the application's SDK socket in the pod's
+        ``mobility-io`` volume on one side, ``pods/<pod>/state.sock`` on the other. Started
+        once per sandbox; it ends by itself when the volume goes with the pod. Returns the
+        socket the orchestrator's state client connects to."""
+        if self.cri is None:
+            raise DataplaneError(f"pod {pod}: this node runs no kubelet; its relay starts with "
+                                 "its container")
+        found = self.cri.find(pod)
+        if found is None:
+            raise DataplaneError(f"pod {pod} has no running sandbox on {self.node.queue_id}",
+                                 retryable=True)
+        ns = self._pod_ns(pod)
+        d = self.pod_dir(pod)
+        d.mkdir(parents=True, exist_ok=True)
+        sock, record = d / "state.sock", d / "relay.json"
+        app = self.cri.io_dir(found) / "state.sock"
+        # the kubelet's volume path is longer than a Unix socket address may be (108 bytes):
+        # the relay connects through a short symlink to it
+        short = d / "app.sock"
+        if not (short.is_symlink() and Path(os.readlink(short)) == app):
+            short.unlink(missing_ok=True)
+            short.symlink_to(app)
+        try:
+            known = json.loads(record.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if not (known.get("sandbox") == found.sandbox and is_running(int(known.get("pid", 0)))
+                and sock.exists()):
+            sock.unlink(missing_ok=True)
+            with open(d / "relay.log", "ab") as logf:
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", ns, sys.executable, "-m", "state_transfer.relay",
+                     "--app", str(short), "--listen", str(sock),
+                     "--exit-when-gone", str(app.parent)],
+                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                    start_new_session=True, env=workload_env())
+            (d / "relay.json.tmp").write_text(json.dumps({"sandbox": found.sandbox,
+                                                         "pid": proc.pid}))
+            (d / "relay.json.tmp").replace(record)
+            log.info("pod %s: state relay pid %s beside sandbox %s", pod, proc.pid,
+                     found.sandbox[:12])
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if time.monotonic() > deadline:
+                raise DataplaneError(f"pod {pod}: its state relay did not listen within "
+                                     f"{timeout} s: {_tail(d / 'relay.log')}", retryable=True)
+            time.sleep(0.01)
+        return sock
+
     def wait_ready(self, *, pod: str, timeout: float) -> None:
         meta = self._meta(pod)
         if meta is None or not meta.get("pid"):

@@ -8,6 +8,7 @@ peers, :class:`LabStateAgents` reaches an application's state agent socket.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -18,6 +19,7 @@ from mobility.node_ops import (
     CreatePod,
     DeleteEnd,
     DeletePod,
+    EnsureRelay,
     FdbDst,
     NodeOp,
     Quiesce,
@@ -121,6 +123,27 @@ class LabStateAgents:
         return AgentClient(str(self.pods_dir / instance.pod / "state.sock"))
 
 
+class RelayStateAgents:
+    """State agents of a kubelet's pods: the node agent of the instance's node starts the
+    state relay beside the pod (its SDK socket sits in a volume the agent reads) and names
+    the socket; the orchestrator connects to it as to a lab pod's."""
+
+    def __init__(self, agent: NodeAgent, clusters: Callable[[], dict[str, Cluster]], *,
+                 call_timeout: float) -> None:
+        self.nodes = OnNodes(agent, clusters, call_timeout=call_timeout)
+        # instance -> its relay's socket: asked of the node agent once per instance, not in
+        # every state call (several fall inside the freeze window); a relay that died makes
+        # the next connection fail, and the phase's retry asks again
+        self._sockets: dict[Instance, str] = {}
+
+    def agent(self, instance: Instance) -> AgentClient:
+        path = self._sockets.get(instance)
+        if path is None or not os.path.exists(path):
+            path = self.nodes._on(instance, EnsureRelay(pod=instance.pod))
+            self._sockets[instance] = path
+        return AgentClient(path)
+
+
 if TYPE_CHECKING:  # mypy checks here that the adapters implement the engine's ports
 
     def _is_federation(adapter: LabFederation) -> Federation:
@@ -130,4 +153,7 @@ if TYPE_CHECKING:  # mypy checks here that the adapters implement the engine's p
         return adapter
 
     def _are_state_agents(adapter: LabStateAgents) -> StateAgents:
+        return adapter
+
+    def _relay_agents(adapter: RelayStateAgents) -> StateAgents:
         return adapter

@@ -49,13 +49,19 @@ import yaml
 from dataplane import containers
 from dataplane.images import build_archive
 from dataplane.lab import images as lab_images
+from tests.conftest import TEST_UNDERLAY
 
 if TYPE_CHECKING:
     from tests.k8s.controlplane import ApiServer, ControlPlane
 
-UNDERLAY = ipaddress.IPv4Network("198.19.240.0/24")  # the lab keeps below 198.19.240.0
+# Inside the test lab's /16 (MOBILITY_TEST_UNDERLAY, 198.19.0.0/16 by default), above what a
+# lab plans (its pods stay below .240): two test runs on one machine pick two /16s, so their
+# real nodes never share an address either.
+_NET = ipaddress.IPv4Network(TEST_UNDERLAY)
+_BASE = ".".join(str(_NET.network_address).split(".")[:2])
+UNDERLAY = ipaddress.IPv4Network(f"{_BASE}.240.0/24")
 HOST_IP = str(UNDERLAY.network_address + 1)
-POD_NETS = "198.19.{}.0/24"  # 241, 242, ... one per node
+POD_NETS = _BASE + ".{}.0/24"  # .241, .242, ...: one per node
 CRI_NAMESPACE = "k8s.io"
 CNI_BRIDGE = "kcni0"
 RUN_ROOT = Path("/run/service-mobility")

@@ -29,12 +29,14 @@ from mobility.backends.kube.client import KubeClient
 from mobility.backends.kube.karmada import KarmadaFederation
 from mobility.backends.kube.kubefed import KubeFedFederation
 from mobility.backends.kube.objects import INSTANCE_LABEL
-from mobility.backends.lab import AgentWiring
+from mobility.backends.lab import AgentWiring, RelayStateAgents
 from mobility.deploying import link_identity
 from mobility.models import Cluster, Instance, Link, LinkEnd, Node, Params, Service
 from mobility.node_ops import Ping, Resume
 from mobility.ports import Federation
+from mobility.settings import Settings
 from mobility.store import Registry
+from tests.conftest import RedisServer
 from tests.integration.celery_binding import celery_bound_to
 from tests.k8s.conftest import DOMAIN, NAMESPACE, client
 from tests.k8s.controlplane import ControlPlane
@@ -55,6 +57,13 @@ class RealLab:
     clusters: dict[str, Cluster]
     kubefed: KubeFedFederation
     karmada: KarmadaFederation | None
+    state_agents: RelayStateAgents
+    agents_url: str  # Redis as the node agents and the pods' state relays reach it
+
+    def settings(self) -> Settings:
+        """The engine's settings here: the state channel on the address the relays reach."""
+        return Settings(ready_timeout_s=120.0, lease_ttl_s=5.0,
+                        state_redis_url=self.agents_url)  # type: ignore[arg-type]
 
     def federation(self, backend: str) -> Federation:
         if backend == "kubefed":
@@ -84,13 +93,17 @@ def _plan(cp: ControlPlane) -> topology.LabPlan:
 
 
 @contextlib.contextmanager
-def real_lab(cp: ControlPlane, *, karmada: KubeClient | None, redis_base: str, redis_port: int,
-             db: int) -> Iterator[RealLab]:
-    """Node agents on every real node, the registry on ``redis_base``/``db`` (a Redis on
-    loopback, which the agents reach through a forwarder on the underlay bridge), and both
-    federation backends (Karmada's only with a ``karmada`` client)."""
+def real_lab(cp: ControlPlane, *, karmada: KubeClient | None) -> Iterator[RealLab]:
+    """Node agents on every real node, a Redis of its own on loopback (the registry, the
+    broker, the state channel: database 0, as a stack's, since a move's state user may not
+    SELECT), which the agents and the pods' state relays reach through a forwarder on the
+    underlay bridge, and both federation backends (Karmada's only with a ``karmada``
+    client)."""
+    redis_dir = cp.workdir / "real-lab-redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(redis_dir)
+    redis_base, redis_port, db = server.url.rsplit("/", 1)[0], server.port, 0
     conn = redis.Redis.from_url(f"{redis_base}/{db}")
-    conn.flushdb()
     registry = Registry(conn)
     forwarder = Forwarder(HOST_IP, redis_port)  # Redis, seen from the node namespaces
     seen_from_nodes = redis_base.replace("127.0.0.1", HOST_IP).rsplit(":", 1)[0]
@@ -137,15 +150,18 @@ def real_lab(cp: ControlPlane, *, karmada: KubeClient | None, redis_base: str, r
                 members=lambda m: client(cp, m))
             wiring = AgentWiring(agent, registry.clusters, call_timeout=20)
             yield RealLab(cp=cp, registry=registry, wiring=wiring, agent=agent,
-                          clusters=clusters, kubefed=kubefed, karmada=karmada_fed)
+                          clusters=clusters, kubefed=kubefed, karmada=karmada_fed,
+                          state_agents=RelayStateAgents(agent, registry.clusters,
+                                                        call_timeout=20),
+                          agents_url=agent_url)
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 15)
             cp.reap(pid, timeout=10)
         forwarder.close()
-        conn.flushdb()
         conn.close()
+        server.stop()
         for entry in Path("/run/netns").glob(f"{cp.prefix}-pod-*"):
             entry.unlink()  # adopted names: symlinks to the kubelet's namespaces
         shutil.rmtree(plan.run_dir, ignore_errors=True)
@@ -164,13 +180,16 @@ def progress(lab: RealLab, member: str, pod: str) -> dict[str, Any]:
     try:
         return dict(json.loads((cri.io_dir(found) / "progress.json").read_text()))
     except (FileNotFoundError, ValueError):
-        return {"received": 0, "sent": 0}
+        return {"received": 0, "answered": 0, "sent": 0}
 
 
-def wait_replies(lab: RealLab, member: str, pod: str, n: int, timeout: float = 30) -> None:
-    start = int(progress(lab, member, pod).get("received", 0))
+def wait_replies(lab: RealLab, member: str, pod: str, n: int, timeout: float = 30,
+                 key: str = "received") -> None:
+    """Until the client's ``key`` count (``received``; a session client's ``answered``)
+    grew by ``n``."""
+    start = int(progress(lab, member, pod).get(key, 0))
     deadline = time.monotonic() + timeout
-    while int(progress(lab, member, pod).get("received", 0)) < start + n:
+    while int(progress(lab, member, pod).get(key, 0)) < start + n:
         if time.monotonic() > deadline:
             raise AssertionError(f"the probe {pod} gets no replies")
         time.sleep(0.1)
@@ -192,6 +211,7 @@ class Pair:
     probe: str
     link: Link
     client_at: Instance
+    stateful: bool = False
     placed: list[Instance] = field(default_factory=list)
 
     @property
@@ -202,7 +222,8 @@ class Pair:
         return progress(self.lab, "member-a", self.client_at.pod)
 
     def wait_replies(self, n: int, timeout: float = 30) -> None:
-        wait_replies(self.lab, "member-a", self.client_at.pod, n, timeout)
+        wait_replies(self.lab, "member-a", self.client_at.pod, n, timeout,
+                     key="answered" if self.stateful else "received")
 
     def remove(self) -> None:
         for inst in reversed(self.placed):
@@ -215,10 +236,13 @@ class Pair:
             self.lab.registry.delete_link(self.link.id)
 
 
-def deploy_pair(lab: RealLab, backend: str, tag: str) -> Pair:
+def deploy_pair(lab: RealLab, backend: str, tag: str, *, state_mb: float | None = None
+                ) -> Pair:
     """Deployed by hand, in the order a kubelet's pods need: a pod's network namespace exists
     only once it runs, so both run (the client paused) before they are wired; then the
-    client is resumed. Instances are named as the engine names them (``<service>-<n>``)."""
+    client is resumed. Instances are named as the engine names them (``<service>-<n>``).
+    With ``state_mb``, a stateful session service of that much state (its state changing:
+    1 % a second) and a session client that checks every counter it gets back."""
     reg, fed = lab.registry, lab.federation(backend)
     echo, probe = f"echo-{tag}", f"client-{tag}"
     echo_at = Instance(cluster="member-a", node=lab.node("member-a").name,
@@ -230,20 +254,24 @@ def deploy_pair(lab: RealLab, backend: str, tag: str) -> Pair:
                 ends=(LinkEnd(service=probe, ifname="nsm-1", mac=mac_c, ip=ip_c),
                       LinkEnd(service=echo, ifname="nsm-1", mac=mac_e, ip=ip_e)))
     client_params: Params = {"target": f"{ip_e}:7000", "rate": RATE, "paused": True}
+    stateful = state_mb is not None
+    server, client_workload = ("sessions", "session-probe") if stateful else ("echo", "probe")
+    server_params: Params = {"port": 7000}
+    if stateful:
+        server_params.update(state_mb=float(state_mb or 0), dirty_rate=1.0)
     pair = Pair(lab=lab, backend=backend, echo=echo, probe=probe, link=link,
-                client_at=client_at)
+                client_at=client_at, stateful=stateful)
     try:
-        echo_params: Params = {"port": 7000}
-        for inst, workload, params in ((echo_at, "echo", echo_params),
-                                       (client_at, "probe", client_params)):
+        for inst, workload, params in ((echo_at, server, server_params),
+                                       (client_at, client_workload, client_params)):
             fed.place(instance=inst, workload=workload, params=params, start=True)
             pair.placed.append(inst)
         for inst in (echo_at, client_at):
             fed.wait_ready(instance=inst, timeout=120)
         reg.put_link(link)
-        reg.put_service(Service(name=echo, workload="echo", params={"port": 7000},
+        reg.put_service(Service(name=echo, workload=server, params=server_params,
                                 instance=echo_at, links=[link.id]), create=True)
-        reg.put_service(Service(name=probe, workload="probe", params=client_params,
+        reg.put_service(Service(name=probe, workload=client_workload, params=client_params,
                                 instance=client_at, links=[link.id]), create=True)
         lab.wiring.create_end(link=link, service=probe, instance=client_at,
                               peer_instance=echo_at)

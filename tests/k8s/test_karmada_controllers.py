@@ -246,3 +246,36 @@ def test_errors_name_the_cluster(karmada: KarmadaFederation, karmada_plane: Karm
     # the members Karmada joined at the start are untouched by it
     for m in karmada_plane.members:
         karmada_plane.wait_cluster(m, timeout=30)
+
+
+def test_a_cluster_joins_and_unjoins_through_the_adapter(
+        karmada: KarmadaFederation, karmada_plane: KarmadaPlane,
+        control_plane: ControlPlane) -> None:
+    """What ``karmadactl join`` does, in push mode, from a member's admin client: Karmada
+    reports the cluster Ready, the adapter reaches the member with the credentials Karmada
+    holds (its nodes, real ones included, become the engine's record); unjoining removes the
+    Cluster, its secret and the service account it made in the member."""
+    from tests.k8s.conftest import client
+
+    s = karmada_plane.server
+    admin = client(control_plane, "member-c")
+    karmada.join(name="member-c", member=admin, ready_timeout_s=60)
+    cluster = s.get("/apis/cluster.karmada.io/v1alpha1/clusters/member-c")
+    assert cluster is not None and cluster["spec"]["syncMode"] == "Push"
+    assert cluster["spec"]["apiEndpoint"] == control_plane.servers["member-c"].endpoint
+    assert s.get("/api/v1/namespaces/karmada-cluster/secrets/member-c") is not None
+    # the member, through Karmada's credentials: a service account, not the admin token
+    assert karmada.member("member-c").get("/api/v1/namespaces/karmada-cluster") is not None
+    assert karmada.cluster_record("member-c").nodes == ()
+    record = karmada.cluster_record("member-a")  # KWOK's nodes and the real ones
+    real = {n.name: n.underlay_ip for n in control_plane.real_nodes.values()
+            if n.cluster == "member-a"}
+    assert real and all(record.node(name).underlay_ip == ip for name, ip in real.items())
+
+    karmada.unjoin(name="member-c", member=admin)
+    assert s.get("/apis/cluster.karmada.io/v1alpha1/clusters/member-c") is None
+    assert s.get("/api/v1/namespaces/karmada-cluster/secrets/member-c") is None
+    member = control_plane.servers["member-c"]
+    assert member.get("/api/v1/namespaces/karmada-cluster/serviceaccounts/"
+                      "karmada-member-c") is None
+    karmada.unjoin(name="member-c", member=admin)  # idempotent

@@ -22,8 +22,6 @@ import pytest
 from mobility.models import MoveStatus
 from mobility.moving import Engine, MoveRequests
 from mobility.node_ops import Quiesce
-from mobility.settings import Settings
-from tests.conftest import RedisServer
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.karmada_plane import KarmadaPlane
 from tests.k8s.realpods import RealLab, deploy_pair, member_pods, real_lab
@@ -40,11 +38,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def lab(control_plane: ControlPlane, federated: object, karmada_plane: KarmadaPlane,
-        redis_server: RedisServer) -> Iterator[RealLab]:
-    with real_lab(control_plane, karmada=karmada_plane.client(),
-                  redis_base=redis_server.url.rsplit("/", 1)[0], redis_port=redis_server.port,
-                  db=8) as running:
+def lab(control_plane: ControlPlane, federated: object,
+        karmada_plane: KarmadaPlane) -> Iterator[RealLab]:
+    with real_lab(control_plane, karmada=karmada_plane.client()) as running:
         yield running
 
 
@@ -55,7 +51,7 @@ def test_a_running_pod_moves_between_clusters_and_its_client_loses_nothing(
     ns = lab.namespace(backend)
     try:
         source = pair.placed[0]
-        settings = Settings(ready_timeout_s=120.0, lease_ttl_s=5.0)
+        settings = lab.settings()
         engine = Engine(registry=lab.registry, federation=pair.fed, wiring=lab.wiring,
                         state_agents=NoStateAgents(), settings=settings)
         move = MoveRequests(registry=lab.registry, settings=settings).request_move(
@@ -77,5 +73,44 @@ def test_a_running_pod_moves_between_clusters_and_its_client_loses_nothing(
         [pod] = member_pods(lab, "member-b", target.pod, ns)
         assert pod["status"]["phase"] == "Running" and pod["spec"]["nodeName"] == target.node
         print(f"{backend}: moved a running pod in {took:.2f} s; probe: {result}")
+    finally:
+        pair.remove()
+
+
+@pytest.mark.parametrize("backend", ["kubefed", "karmada"])
+def test_a_stateful_pod_moves_with_its_state_and_its_client_loses_nothing(
+        lab: RealLab, backend: str) -> None:
+    """SYNC and CUTOVER as on the lab: the session service's SDK socket is in its pod's
+    volume, the node agent starts the state relay beside the pod, the state goes over Redis,
+    and the target (told to restore by its instance's environment) serves every session's
+    counter where the source left it."""
+    pair = deploy_pair(lab, backend, f"sm{backend[:2]}", state_mb=8)
+    ns = lab.namespace(backend)
+    try:
+        source = pair.placed[0]
+        settings = lab.settings()
+        engine = Engine(registry=lab.registry, federation=pair.fed, wiring=lab.wiring,
+                        state_agents=lab.state_agents, settings=settings)
+        move = MoveRequests(registry=lab.registry, settings=settings).request_move(
+            service=pair.echo, to_cluster="member-b")
+        t0 = time.monotonic()
+        done = run_move(engine, move)
+        took = time.monotonic() - t0
+        assert done.status == MoveStatus.SUCCEEDED, (done, done.error)
+        target = done.target
+        assert target is not None and target.cluster == "member-b"
+        pair.placed.append(target)
+        assert done.freeze_ms is not None, done
+        pair.wait_replies(1000)
+        lab.agent.call(lab.node("member-a", 1), Quiesce(pod=pair.client_at.pod), timeout=20)
+        time.sleep(0.5)
+        result = pair.progress()
+        assert result["lost"] == 0 and result["counters_ok"] is True, result
+        assert result["answered"] == result["sent"] > 1000, result
+        assert member_pods(lab, "member-a", source.pod, ns) == []
+        [pod] = member_pods(lab, "member-b", target.pod, ns)
+        assert pod["status"]["phase"] == "Running" and pod["spec"]["nodeName"] == target.node
+        print(f"{backend}: moved a stateful pod in {took:.2f} s, froze {done.freeze_ms} ms; "
+              f"client: {result}")
     finally:
         pair.remove()

@@ -110,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore", action="store_true",
                         help="start empty: the state arrives from a move")
     args = parser.parse_args(argv)
+    # On Kubernetes the command line is the service's, the same for every instance; what is
+    # an instance's own (a move's target restores) comes as its MOBILITY_PARAM_* variables.
+    restore = args.restore or os.environ.get("MOBILITY_PARAM_RESTORE") in ("1", "True", "true")
 
     store = StateStore()
     blobs = int(args.state_mb * 1024 * 1024 // BLOB)
-    if not args.restore:
+    if not restore:
         for i in range(blobs):
             store.set(f"blob:{i:06d}", os.urandom(BLOB))
     agent = LocalAgent(StoreState(store), socket_path=args.control,

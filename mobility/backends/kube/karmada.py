@@ -19,6 +19,7 @@ deleted the Deployment from the member.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mobility.backends.kube.client import KubeClient, Obj
+from mobility.backends.kube.membership import grant_access, nodes_of, revoke_access
 from mobility.backends.kube.objects import (
     INSTANCE_LABEL,
     MANAGED_BY,
@@ -40,7 +42,7 @@ from mobility.backends.kube.objects import (
     service_of,
 )
 from mobility.errors import FederationError
-from mobility.models import ContainerSpec, Instance, Params
+from mobility.models import Cluster, ContainerSpec, Instance, Params
 
 if TYPE_CHECKING:
     from mobility.ports import Federation
@@ -52,6 +54,7 @@ WORK_API = "/apis/work.karmada.io/v1alpha2"
 WORKS_API = "/apis/work.karmada.io/v1alpha1"  # Work is v1alpha1 in Karmada v1.12
 CLUSTER_API = "/apis/cluster.karmada.io/v1alpha1/clusters"
 EXECUTION_SPACE = "karmada-es-"  # Karmada keeps a cluster's Works in karmada-es-<cluster>
+MEMBERS_NAMESPACE = "karmada-cluster"  # the members' credentials in Karmada (push mode)
 
 
 def _to_plaintext(overrides: list[Obj]) -> list[Obj]:
@@ -128,8 +131,9 @@ class KarmadaFederation:
         self.removal_timeout_s = removal_timeout_s
         # RELEASE returns once the source is gone: Karmada's Work (and, with clients for the
         # members, the pod itself). Off only where no controller removes anything.
-        self.members = members
+        self.members = members if members is not None else self.member
         self.wait_on_unplace = wait_on_unplace
+        self._members: dict[str, KubeClient] = {}
 
     def _selector(self, service: str) -> list[Obj]:
         return [{"apiVersion": "apps/v1", "kind": "Deployment", "name": service,
@@ -475,6 +479,114 @@ class KarmadaFederation:
             query={"labelSelector": f"{MANAGED_BY[0]}={MANAGED_BY[1]}"}).get("items") or []
         return {str(i["metadata"]["name"]): _cluster_names(i) for i in items
                 if not i["metadata"].get("deletionTimestamp")}
+
+    # --- membership: what ``karmadactl join`` / ``unjoin`` do, in push mode ---
+
+    def _secret_path(self, name: str = "") -> str:
+        base = f"/api/v1/namespaces/{MEMBERS_NAMESPACE}/secrets"
+        return f"{base}/{name}" if name else base
+
+    def member(self, name: str) -> KubeClient:
+        """A client for a joined cluster, with the credentials Karmada holds for it (its
+        Cluster's endpoint, the token and CA in its secret)."""
+        if name in self._members:
+            return self._members[name]
+        obj = self.karmada.get(f"{CLUSTER_API}/{name}")
+        if obj is None:
+            raise FederationError(f"cluster {name!r} is not joined to Karmada")
+        spec = obj.get("spec") or {}
+        ref = spec.get("secretRef") or {}
+        secret = self.karmada.get(f"/api/v1/namespaces/{ref.get('namespace', '')}/secrets/"
+                                  f"{ref.get('name', '')}")
+        data = (secret or {}).get("data") or {}
+        if "token" not in data:
+            raise FederationError(f"cluster {name!r}: its Karmada secret has no token")
+        client = KubeClient.from_token(
+            str(spec["apiEndpoint"]), token=base64.b64decode(data["token"]).decode(),
+            ca_data=base64.b64decode(data["caBundle"]) if data.get("caBundle") else None,
+            name=name, insecure=bool(spec.get("insecureSkipTLSVerification")),
+            timeout=self.karmada.timeout)
+        self._members[name] = client
+        return client
+
+    def cluster_record(self, name: str, *, underlay_mtu: int = 1500) -> Cluster:
+        """The engine's record of a member cluster: its nodes and their InternalIPs."""
+        return nodes_of(self.member(name), name, underlay_mtu=underlay_mtu)
+
+    def join(self, *, name: str, member: KubeClient, token_timeout_s: float = 30.0,
+             ready_timeout_s: float | None = 60.0) -> None:
+        """Register ``member`` with Karmada as ``name`` in push mode, as ``karmadactl join``
+        does: in the member a service account with everything (its token filled by the
+        member's token controller); in Karmada a secret with that token and the member's CA,
+        and a Cluster naming the member's endpoint and the secret. Idempotent. Waits until
+        Karmada reports the cluster Ready when ``ready_timeout_s`` is set."""
+        account = f"karmada-{name}"
+        token = grant_access(member, namespace=MEMBERS_NAMESPACE, account=account,
+                             role=f"karmada-controller-manager:{account}",
+                             timeout=token_timeout_s, poll_s=self.poll_s)
+        self.karmada.create("/api/v1/namespaces", {"metadata": {"name": MEMBERS_NAMESPACE}})
+        data: Obj = {"token": token}
+        ca = member.ca_data()
+        if ca:
+            data["caBundle"] = base64.b64encode(ca).decode()
+        secret = {"apiVersion": "v1", "kind": "Secret",
+                  "metadata": {"name": name, "namespace": MEMBERS_NAMESPACE}, "data": data}
+        if self.karmada.create(self._secret_path(), secret) is None:
+            def same(obj: Obj) -> bool:
+                if obj.get("data") == data:
+                    return False
+                obj["data"] = data
+                return True
+
+            self.karmada.update(self._secret_path(name), same)
+        spec: Obj = {"syncMode": "Push", "apiEndpoint": member.endpoint,
+                     "secretRef": {"namespace": MEMBERS_NAMESPACE, "name": name}}
+        if member.insecure:
+            spec["insecureSkipTLSVerification"] = True
+        cluster = {"apiVersion": "cluster.karmada.io/v1alpha1", "kind": "Cluster",
+                   "metadata": {"name": name}, "spec": spec}
+        if self.karmada.create(CLUSTER_API, cluster) is None:
+            def same_spec(obj: Obj) -> bool:
+                want = {**(obj.get("spec") or {}), **spec}
+                if obj.get("spec") == want:
+                    return False
+                obj["spec"] = want
+                return True
+
+            self.karmada.update(f"{CLUSTER_API}/{name}", same_spec)
+        self._members.pop(name, None)
+        log.info("joined cluster %s (%s) to Karmada", name, member.endpoint)
+        if ready_timeout_s is None:
+            return
+        deadline = time.monotonic() + ready_timeout_s
+        while (problem := self._cluster_problem(name)) is not None:
+            if time.monotonic() > deadline:
+                raise FederationError(f"after {ready_timeout_s}s: {problem}", retryable=True)
+            time.sleep(self.poll_s)
+
+    def unjoin(self, *, name: str, member: KubeClient | None = None,
+               timeout_s: float = 60.0) -> None:
+        """Undo :meth:`join` (what ``karmadactl unjoin`` does). Idempotent. Refused while a
+        policy still places a service on the cluster. The Cluster goes first (Karmada's
+        finalizer removes its execution namespace), then its secret; with ``member`` (an admin
+        client) the service account and its permissions in the member too."""
+        busy = [svc for svc, clusters in self.placements().items() if name in clusters]
+        if busy:
+            raise FederationError(f"cluster {name!r} still runs {', '.join(sorted(busy))}; "
+                                  "move them away before unjoining it")
+        self.karmada.delete(f"{CLUSTER_API}/{name}")
+        self.karmada.wait_gone(f"{CLUSTER_API}/{name}", timeout=timeout_s, poll_s=self.poll_s)
+        self.karmada.delete(self._secret_path(name))
+        if member is not None:
+            account = f"karmada-{name}"
+            revoke_access(member, namespace=MEMBERS_NAMESPACE, account=account,
+                          role=f"karmada-controller-manager:{account}")
+            member.delete(f"/api/v1/namespaces/{MEMBERS_NAMESPACE}")
+        else:
+            log.warning("unjoining %s without its credentials: its service account and role "
+                        "stay in the member", name)
+        self._members.pop(name, None)
+        log.info("unjoined cluster %s from Karmada", name)
 
 
 if TYPE_CHECKING:  # mypy checks here that the adapter implements the engine's port

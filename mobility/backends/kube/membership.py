@@ -38,6 +38,60 @@ CLUSTER_POLICY_RULES: list[Obj] = [
 ]
 
 
+def grant_access(member: KubeClient, *, namespace: str, account: str, role: str,
+                 timeout: float, poll_s: float = 0.1) -> str:
+    """What ``kubefedctl join`` and ``karmadactl join`` make in a member so that their
+    controllers can manage it: ``namespace``, a service account ``account``, a cluster role
+    ``role`` with everything and its binding, and a token secret the member's token controller
+    fills. Idempotent. Returns the token (base64, as the secret holds it)."""
+    member.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
+    member.create(f"/api/v1/namespaces/{namespace}/serviceaccounts", {
+        "metadata": {"name": account, "annotations": {
+            "kubernetes.io/enforce-mountable-secrets": "true"}},
+        "automountServiceAccountToken": False})
+    member.create(f"/api/v1/namespaces/{namespace}/secrets", {
+        "metadata": {"name": account,
+                     "annotations": {"kubernetes.io/service-account.name": account}},
+        "type": "kubernetes.io/service-account-token"})
+    member.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", {
+        "metadata": {"name": role}, "rules": CLUSTER_POLICY_RULES})
+    member.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]})
+    path = f"/api/v1/namespaces/{namespace}/secrets/{account}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        secret = member.get(path)
+        token = ((secret or {}).get("data") or {}).get(TOKEN_KEY)
+        if token:
+            return str(token)
+        time.sleep(poll_s)
+    raise FederationError(f"{member.name}: no token in {path} after {timeout}s (is the "
+                          "member's kube-controller-manager running?)", retryable=True)
+
+
+def revoke_access(member: KubeClient, *, namespace: str, account: str, role: str) -> None:
+    """Undo :func:`grant_access`, but for the namespace (the caller knows whether it is its)."""
+    for kind in ("clusterrolebindings", "clusterroles"):
+        member.delete(f"/apis/rbac.authorization.k8s.io/v1/{kind}/{role}")
+    member.delete(f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}")
+    member.delete(f"/api/v1/namespaces/{namespace}/secrets/{account}")
+
+
+def nodes_of(member: KubeClient, cluster: str, *, underlay_mtu: int = 1500) -> Cluster:
+    """The engine's record of a member cluster: its nodes and their InternalIPs."""
+    nodes = member.request("GET", "/api/v1/nodes").get("items") or []
+    out = []
+    for n in nodes:
+        addrs = (n.get("status") or {}).get("addresses") or []
+        ip = next((a["address"] for a in addrs if a.get("type") == "InternalIP"), "")
+        out.append(Node(name=str(n["metadata"]["name"]), cluster=cluster, underlay_ip=ip))
+    return Cluster(name=cluster, nodes=tuple(sorted(out, key=lambda n: n.name)),
+                   underlay_mtu=underlay_mtu)
+
+
 class KubeFedMembership:
     """The clusters joined to a KubeFed host, and the workload namespace federated to them.
 
@@ -105,14 +159,7 @@ class KubeFedMembership:
 
     def cluster_record(self, name: str, *, underlay_mtu: int = 1500) -> Cluster:
         """The engine's record of a member cluster: its nodes and their InternalIPs."""
-        nodes = self.member(name).request("GET", "/api/v1/nodes").get("items") or []
-        out = []
-        for n in nodes:
-            addrs = (n.get("status") or {}).get("addresses") or []
-            ip = next((a["address"] for a in addrs if a.get("type") == "InternalIP"), "")
-            out.append(Node(name=str(n["metadata"]["name"]), cluster=name, underlay_ip=ip))
-        return Cluster(name=name, nodes=tuple(sorted(out, key=lambda n: n.name)),
-                       underlay_mtu=underlay_mtu)
+        return nodes_of(self.member(name), name, underlay_mtu=underlay_mtu)
 
     # --- join / unjoin ---
 
@@ -128,24 +175,9 @@ class KubeFedMembership:
         """
         ns = self.kubefed_namespace
         sa = f"{name}-{self.host_name}"
-        role = f"kubefed-controller-manager:{sa}"
-        member.create("/api/v1/namespaces", {"metadata": {"name": ns}})
-        member.create(f"/api/v1/namespaces/{ns}/serviceaccounts", {
-            "metadata": {"name": sa, "annotations": {
-                "kubernetes.io/enforce-mountable-secrets": "true"}},
-            "automountServiceAccountToken": False})
-        member.create(f"/api/v1/namespaces/{ns}/secrets", {
-            "metadata": {"name": sa, "annotations": {"kubernetes.io/service-account.name": sa}},
-            "type": "kubernetes.io/service-account-token"})
-        member.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", {
-            "metadata": {"name": role}, "rules": CLUSTER_POLICY_RULES})
-        member.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
-            "metadata": {"name": role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]})
-        token = self._wait_token(member, f"/api/v1/namespaces/{ns}/secrets/{sa}",
-                                 timeout=token_timeout_s)
+        token = grant_access(member, namespace=ns, account=sa,
+                             role=f"kubefed-controller-manager:{sa}",
+                             timeout=token_timeout_s, poll_s=self.poll_s)
 
         self.host.create("/api/v1/namespaces", {"metadata": {"name": ns}})
         secret_name = f"{name}-token"
@@ -179,18 +211,6 @@ class KubeFedMembership:
         log.info("joined cluster %s (%s) to KubeFed", name, member.endpoint)
         if ready_timeout_s is not None:
             self.wait_cluster_ready(name, timeout=ready_timeout_s)
-
-    def _wait_token(self, member: KubeClient, path: str, *, timeout: float) -> str:
-        """The service account token, once the member's token controller has written it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            secret = member.get(path)
-            token = ((secret or {}).get("data") or {}).get(TOKEN_KEY)
-            if token:
-                return str(token)
-            time.sleep(self.poll_s)
-        raise FederationError(f"{member.name}: no token in {path} after {timeout}s (is the "
-                              "member's kube-controller-manager running?)", retryable=True)
 
     def wait_cluster_ready(self, name: str, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -227,12 +247,11 @@ class KubeFedMembership:
         ns = self.kubefed_namespace
         if member is not None:
             sa = f"{name}-{self.host_name}"
-            role = f"kubefed-controller-manager:{sa}"
             for kind in ("clusterrolebindings", "clusterroles"):
-                for obj in (role, f"kubefed-controller-manager:{ns}:healthcheck-{sa}"):
-                    member.delete(f"/apis/rbac.authorization.k8s.io/v1/{kind}/{obj}")
-            member.delete(f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}")
-            member.delete(f"/api/v1/namespaces/{ns}/secrets/{sa}")
+                member.delete(f"/apis/rbac.authorization.k8s.io/v1/{kind}/"
+                              f"kubefed-controller-manager:{ns}:healthcheck-{sa}")
+            revoke_access(member, namespace=ns, account=sa,
+                          role=f"kubefed-controller-manager:{sa}")
             if not self._same_cluster(member):
                 member.delete(f"/api/v1/namespaces/{ns}")
                 member.wait_gone(f"/api/v1/namespaces/{ns}", timeout=namespace_timeout_s,
