@@ -44,6 +44,7 @@ import yaml
 
 from cli.client import ApiClient
 from mobility import keys, tokens
+from mobility.backends.kube.karmada import KarmadaFederation
 from mobility.backends.kube.kubefed import KubeFedFederation
 from mobility.backends.kube.membership import KUBEFED_NAMESPACE
 from mobility.models import Cluster
@@ -53,6 +54,7 @@ from mobility.tokens import Role
 from tests.conftest import RedisServer, free_port
 from tests.k8s.conftest import client
 from tests.k8s.controlplane import ControlPlane
+from tests.k8s.karmada_plane import KarmadaPlane
 from workers.canvas import JOIN_CLUSTER
 from workers.routing import ORCHESTRATION
 
@@ -66,13 +68,16 @@ FILE_SECRET = "file-secret-token-9c2b"
 class Stack:
     """The API and an orchestration worker (real processes) on the KubeFed backend."""
 
-    def __init__(self, cp: ControlPlane, redis_server: RedisServer, tmp_path: Path) -> None:
+    def __init__(self, cp: ControlPlane, redis_server: RedisServer, tmp_path: Path, *,
+                 backend: str = "kubefed", kubeconfig: Path | None = None,
+                 context: str = "host") -> None:
         self.url = redis_server.url.rsplit("/", 1)[0] + "/9"
         self.tmp = tmp_path
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MOBILITY_")}
-        self.env.update(MOBILITY_REDIS_URL=self.url, MOBILITY_BACKEND="kubefed",
-                        MOBILITY_KUBECONFIG=str(cp.kubeconfig), MOBILITY_KUBE_CONTEXT="host",
+        self.env.update(MOBILITY_REDIS_URL=self.url, MOBILITY_BACKEND=backend,
+                        MOBILITY_KUBECONFIG=str(kubeconfig or cp.kubeconfig),
+                        MOBILITY_KUBE_CONTEXT=context,
                         MOBILITY_ENV_FILE=os.devnull, MOBILITY_RUN_ROOT=str(tmp_path))
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Any] = []
@@ -336,6 +341,38 @@ def test_join_and_unjoin_through_the_api(kubefed_api: ApiClient,
         assert host.get(f"{KFC}/member-c") is None
         assert "member-c" not in [c["name"] for c in api.get("/v1/clusters").json()]
         assert api.delete("/v1/clusters/member-c").status_code == 404
+
+
+def test_join_and_unjoin_through_the_api_on_karmada(
+        control_plane: ControlPlane, karmada_plane: KarmadaPlane, redis_server: RedisServer,
+        tmp_path: Path) -> None:
+    """The same API on the Karmada backend: the worker joins the member in push mode (a
+    Cluster and its secret in Karmada's API server), the cluster's record lists its nodes as
+    Karmada's credentials reach them, and the unjoin removes both."""
+    clusters = "/apis/cluster.karmada.io/v1alpha1/clusters"
+    s = Stack(control_plane, redis_server, tmp_path, backend="karmada",
+              kubeconfig=karmada_plane.kubeconfig, context="karmada")
+    kubeconfig = Path(control_plane.kubeconfig).read_text()
+    try:
+        s.start_api()
+        s.start_worker()
+        with s.api() as api:
+            r = api.post("/v1/clusters", json={"name": "member-c", "kubeconfig": kubeconfig,
+                                               "context": "member-c"})
+            assert r.status_code == 201, (r.text, s.log("worker")[-3000:])
+            cluster = karmada_plane.server.get(f"{clusters}/member-c")
+            assert cluster is not None and cluster["spec"]["syncMode"] == "Push"
+            assert "member-c" in [c["name"] for c in api.get("/v1/clusters").json()]
+            r = api.request("DELETE", "/v1/clusters/member-c",
+                            json={"kubeconfig": kubeconfig, "context": "member-c"})
+            assert r.status_code == 204, r.text
+            assert karmada_plane.server.get(f"{clusters}/member-c") is None
+            assert "member-c" not in [c["name"] for c in api.get("/v1/clusters").json()]
+    finally:
+        s.stop()
+        if karmada_plane.server.get(f"{clusters}/member-c") is not None:
+            KarmadaFederation(karmada=karmada_plane.client()).unjoin(
+                name="member-c", member=client(control_plane, "member-c"))
 
 
 # --- a caller's kubeconfig is checked before anything is queued ---
