@@ -351,8 +351,8 @@ class NodeRuntime:
 
     def ensure_relay(self, *, pod: str, timeout: float) -> Path:
         """The state relay beside a kubelet's stateful pod (the lab starts its own with the
-        container): in the pod's network namespace, the application's SDK socket in the pod's
-        ``mobility-io`` volume on one side, ``pods/<pod>/state.sock`` on the other. Started
+        container): on the node, the application's SDK socket in the pod's ``mobility-io``
+        volume on one side, ``pods/<pod>/state.sock`` on the other. Started
         once per sandbox; it ends by itself when the volume goes with the pod. Returns the
         socket the orchestrator's state client connects to."""
         if self.cri is None:
@@ -362,7 +362,6 @@ class NodeRuntime:
         if found is None:
             raise DataplaneError(f"pod {pod} has no running sandbox on {self.node.queue_id}",
                                  retryable=True)
-        ns = self._pod_ns(pod)
         d = self.pod_dir(pod)
         d.mkdir(parents=True, exist_ok=True)
         sock, record = d / "state.sock", d / "relay.json"
@@ -381,8 +380,12 @@ class NodeRuntime:
                 and sock.exists()):
             sock.unlink(missing_ok=True)
             with open(d / "relay.log", "ab") as logf:
+                # In this agent's (the node's) network namespace, not the pod's: a process in
+                # the pod's namespace would keep it, and its VxLAN devices with their VNIs,
+                # alive after the kubelet removed the pod, and a service moving back to this
+                # node would meet EEXIST. The node reaches Redis as the agent does.
                 proc = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "state_transfer.relay",
+                    [sys.executable, "-m", "state_transfer.relay",
                      "--app", str(short), "--listen", str(sock),
                      "--exit-when-gone", str(app.parent)],
                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
