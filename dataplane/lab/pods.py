@@ -155,7 +155,13 @@ def kube_pod_spec(workload: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The Kubernetes pod spec of a reference workload on a real node: the same image and
     command line as on the lab (:func:`container_run`), its files in an ``emptyDir`` at
     ``/run/mobility``, and the workload's own ``ready`` file as the pod's readiness probe. A
-    plain dict: dataplane knows the shape of a pod, not a Kubernetes client."""
+    plain dict: dataplane knows the shape of a pod, not a Kubernetes client. A user's own
+    image (workload ``image``) is not run on Kubernetes yet: its archive would have to reach
+    the nodes' runtimes first."""
+    if workload not in images.REFERENCE_MODULES:
+        known = ", ".join(sorted(images.REFERENCE_MODULES))
+        raise DataplaneError(f"only the reference workloads ({known}) run on Kubernetes for "
+                             "now", retryable=False)
     return {
         "containers": [{
             "name": workload,

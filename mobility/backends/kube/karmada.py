@@ -39,6 +39,7 @@ from mobility.backends.kube.objects import (
     default_pod_spec,
     deployment_template,
     params_env,
+    pod_spec_of,
     service_of,
 )
 from mobility.errors import FederationError
@@ -173,7 +174,7 @@ class KarmadaFederation:
         # Karmada's namespace controller propagates the namespace to every member cluster
         self.karmada.create("/api/v1/namespaces", {"metadata": {"name": self.namespace}})
         template = deployment_template(service=service, workload=workload, params=params,
-                                       pod_spec=self.pod_spec_for(workload, params))
+                                       pod_spec=pod_spec_of(self.pod_spec_for, workload, params))
         template["apiVersion"], template["kind"] = "apps/v1", "Deployment"
         template["metadata"].update(name=service, namespace=self.namespace)
         template["spec"]["replicas"] = 0  # the per-cluster rules say how many

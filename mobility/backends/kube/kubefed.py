@@ -40,6 +40,7 @@ from mobility.backends.kube.objects import (
     overrides_of,
     params_env,
     placement_clusters,
+    pod_spec_of,
     service_of,
     set_overrides,
     set_placement,
@@ -109,7 +110,7 @@ class KubeFedFederation(KubeFedMembership):
                          "labels": {SERVICE_LABEL: service, MANAGED_BY[0]: MANAGED_BY[1]}},
             "spec": {"template": deployment_template(
                 service=service, workload=workload, params=params,
-                pod_spec=self.pod_spec_for(workload, params))},
+                pod_spec=pod_spec_of(self.pod_spec_for, workload, params))},
         }
         add(body)
         if self.host.create(f"{TYPES_API}/namespaces/{self.namespace}/federateddeployments",

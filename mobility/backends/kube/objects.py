@@ -155,6 +155,17 @@ def default_pod_spec(image_for: Callable[[str], str]) -> PodSpecFor:
     return spec
 
 
+def pod_spec_of(pod_spec_for: PodSpecFor, workload: str, params: Params) -> Obj:
+    """The pod spec the composition's function gives, or a FederationError (not retryable)
+    saying why there is none: a workload it cannot run (a user's own image on Kubernetes is
+    not supported yet) must be refused, not crash the phase."""
+    try:
+        return pod_spec_for(workload, params)
+    except Exception as e:
+        raise FederationError(f"no pod spec for workload {workload!r} on Kubernetes: {e}",
+                              retryable=False) from e
+
+
 def deployment_template(*, service: str, workload: str, params: Params,
                         pod_spec: Obj) -> Obj:
     """The Deployment every instance of a service starts from (KubeFed's ``spec.template``).
