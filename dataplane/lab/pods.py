@@ -151,30 +151,72 @@ IO_VOLUME = "mobility-io"
 READY_PROBE_PERIOD_S = 1  # the shortest a Kubernetes probe period can be
 
 
-def kube_pod_spec(workload: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The Kubernetes pod spec of a reference workload on a real node: the same image and
-    command line as on the lab (:func:`container_run`), its files in an ``emptyDir`` at
-    ``/run/mobility``, and the workload's own ``ready`` file as the pod's readiness probe. A
-    plain dict: dataplane knows the shape of a pod, not a Kubernetes client. A user's own
-    image (workload ``image``) is not run on Kubernetes yet: its archive would have to reach
-    the nodes' runtimes first."""
+def kube_pod_spec(workload: str, params: Mapping[str, Any],
+                  container: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The Kubernetes pod spec of a workload on a real node: what :func:`container_run` runs
+    on the lab, as a pod. A reference workload: its image and command line, its own ready file
+    as the readiness probe. A user's image (``container``): its command (replacing the
+    entry point) and args, its environment (with ``MOBILITY_STATE_SOCKET`` for an app serving
+    the state SDK), its CPU and memory as limits, a TCP port as the readiness probe (a UDP
+    one cannot be probed: the pod is ready once it runs). Either way the pod's files are an
+    ``emptyDir`` at ``/run/mobility``, and the image is never pulled (no registry: it is
+    imported on the nodes). A plain dict: dataplane knows the shape of a pod, not a
+    Kubernetes client."""
+    io = {"name": IO_VOLUME, "mountPath": IN_CONTAINER}
+    volumes = [{"name": IO_VOLUME, "emptyDir": {}}]
+    secure = {"allowPrivilegeEscalation": False}
+    spec = dict(container or {})
+    if spec.get("image"):
+        env = {str(k): str(v) for k, v in dict(spec.get("env") or {}).items()}
+        if spec.get("state") == "sdk":
+            env["MOBILITY_STATE_SOCKET"] = STATE_SOCKET
+        app: dict[str, Any] = {
+            "name": "app", "image": str(spec["image"]), "imagePullPolicy": "Never",
+            "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+            "volumeMounts": [io], "securityContext": secure}
+        if spec.get("command"):
+            app["command"] = [str(a) for a in spec["command"]]
+        if spec.get("args"):
+            app["args"] = [str(a) for a in spec["args"]]
+        limits = {}
+        if spec.get("cpu"):
+            limits["cpu"] = f"{int(float(spec['cpu']) * 1000)}m"
+        if spec.get("memory"):
+            limits["memory"] = str(int(spec["memory"]))
+        if limits:
+            app["resources"] = {"limits": limits}
+        tcp = [int(p["port"]) for p in spec.get("ports") or () if p.get("protocol") == "tcp"]
+        if tcp:
+            app["readinessProbe"] = {"tcpSocket": {"port": tcp[0]},
+                                     "periodSeconds": READY_PROBE_PERIOD_S}
+        return {"containers": [app], "volumes": volumes}
     if workload not in images.REFERENCE_MODULES:
         known = ", ".join(sorted(images.REFERENCE_MODULES))
-        raise DataplaneError(f"only the reference workloads ({known}) run on Kubernetes for "
-                             "now", retryable=False)
+        raise DataplaneError(f"workload {workload!r}: not a reference workload ({known}) and "
+                             "no image", retryable=False)
     return {
         "containers": [{
             "name": workload,
             "image": images.reference_image(workload),
             "imagePullPolicy": "Never",  # no registry: images are imported on the nodes
             "command": workload_argv(workload, params),
-            "volumeMounts": [{"name": IO_VOLUME, "mountPath": IN_CONTAINER}],
+            "volumeMounts": [io],
             "readinessProbe": {"exec": {"command": ["test", "-e", f"{IN_CONTAINER}/ready"]},
                                "periodSeconds": READY_PROBE_PERIOD_S, "failureThreshold": 1},
-            "securityContext": {"allowPrivilegeEscalation": False},
+            "securityContext": secure,
         }],
-        "volumes": [{"name": IO_VOLUME, "emptyDir": {}}],
+        "volumes": volumes,
     }
+
+
+def cri_image_name(name: str) -> str:
+    """The name the CRI looks an image up by: a pod's ``counter:1`` is
+    ``docker.io/library/counter:1``, ``mobility/echo:T`` is ``docker.io/mobility/echo:T``
+    (Docker's normalization); a name with a registry host stays as it is."""
+    first = name.split("/", 1)[0]
+    if "/" in name and ("." in first or ":" in first or first == "localhost"):
+        return name
+    return f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
 
 
 def _listening(pid: int, ports: list[tuple[int, str]]) -> bool:

@@ -49,6 +49,7 @@ import yaml
 from dataplane import containers
 from dataplane.images import build_archive
 from dataplane.lab import images as lab_images
+from dataplane.lab.pods import cri_image_name
 from tests.conftest import TEST_UNDERLAY
 
 if TYPE_CHECKING:
@@ -277,11 +278,17 @@ class RealNode:
                             f"{self.cp.log('containerd-' + self.name)}") from e
 
     def _images(self, archives: list[Path]) -> None:
-        rt = self.runtime()
+        self.import_images(archives)
+
+    def import_images(self, archives: list[Path]) -> list[str]:
+        """Import image archives into the node's runtime, under the names the CRI resolves
+        a pod's image to (``mobility/echo:T`` -> ``docker.io/mobility/echo:T``)."""
+        rt, out = self.runtime(), []
         for archive in archives:
             for name in rt.import_archive(archive, timeout=300):
-                # the CRI resolves a pod's "mobility/echo:T" to "docker.io/mobility/echo:T"
-                rt._ctr("images", "tag", "--force", name, f"docker.io/{name}")
+                rt._ctr("images", "tag", "--force", name, cri_image_name(name))
+                out.append(name)
+        return out
 
     def _kubelet(self, forwarder_port: int) -> None:
         server: ApiServer = self.cp.servers[self.cluster]

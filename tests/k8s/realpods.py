@@ -31,7 +31,18 @@ from mobility.backends.kube.kubefed import KubeFedFederation
 from mobility.backends.kube.objects import INSTANCE_LABEL
 from mobility.backends.lab import AgentWiring, RelayStateAgents
 from mobility.deploying import link_identity
-from mobility.models import Cluster, Instance, Link, LinkEnd, Node, Params, Service
+from mobility.models import (
+    IMAGE_WORKLOAD,
+    Cluster,
+    ContainerSpec,
+    Instance,
+    Link,
+    LinkEnd,
+    Node,
+    Params,
+    Port,
+    Service,
+)
 from mobility.node_ops import Ping, Resume
 from mobility.ports import Federation
 from mobility.settings import Settings
@@ -236,8 +247,28 @@ class Pair:
             self.lab.registry.delete_link(self.link.id)
 
 
-def deploy_pair(lab: RealLab, backend: str, tag: str, *, state_mb: float | None = None
-                ) -> Pair:
+COUNTER_IMAGE = "counter:1"  # examples/counter, the README's own app
+
+
+def import_counter_image(cp: ControlPlane) -> str:
+    """Build the example app's image (examples/counter on the reference base image, as
+    ``mobility image build`` does) and import it on every real node; returns its name."""
+    from dataplane.images import build_archive
+    from dataplane.lab import images as lab_images
+    from tests.conftest import REPO
+
+    lab_images.build_reference()
+    base = lab_images.images_dir() / lab_images.archive_name(lab_images.BASE_IMAGE)
+    archive = build_archive(cp.workdir / "counter.tar", name=COUNTER_IMAGE,
+                            layers=[REPO / "examples" / "counter" / "rootfs"], base=base,
+                            entrypoint=["python3", "/app/counter.py"])
+    for node in cp.real_nodes.values():
+        node.import_images([archive])
+    return COUNTER_IMAGE
+
+
+def deploy_pair(lab: RealLab, backend: str, tag: str, *, state_mb: float | None = None,
+                image: str | None = None) -> Pair:
     """Deployed by hand, in the order a kubelet's pods need: a pod's network namespace exists
     only once it runs, so both run (the client paused) before they are wired; then the
     client is resumed. Instances are named as the engine names them (``<service>-<n>``).
@@ -254,22 +285,30 @@ def deploy_pair(lab: RealLab, backend: str, tag: str, *, state_mb: float | None 
                 ends=(LinkEnd(service=probe, ifname="nsm-1", mac=mac_c, ip=ip_c),
                       LinkEnd(service=echo, ifname="nsm-1", mac=mac_e, ip=ip_e)))
     client_params: Params = {"target": f"{ip_e}:7000", "rate": RATE, "paused": True}
-    stateful = state_mb is not None
+    stateful = state_mb is not None or image is not None
     server, client_workload = ("sessions", "session-probe") if stateful else ("echo", "probe")
     server_params: Params = {"port": 7000}
-    if stateful:
+    container = ContainerSpec()
+    if image is not None:  # a user's app serving the state SDK (examples/counter)
+        server, server_params = IMAGE_WORKLOAD, {}
+        container = ContainerSpec(image=image, ports=(Port(port=7000, protocol="udp"),),
+                                  state="sdk")
+    elif stateful:
         server_params.update(state_mb=float(state_mb or 0), dirty_rate=1.0)
     pair = Pair(lab=lab, backend=backend, echo=echo, probe=probe, link=link,
                 client_at=client_at, stateful=stateful)
     try:
-        for inst, workload, params in ((echo_at, server, server_params),
-                                       (client_at, client_workload, client_params)):
-            fed.place(instance=inst, workload=workload, params=params, start=True)
+        for inst, workload, params, spec in ((echo_at, server, server_params, container),
+                                             (client_at, client_workload, client_params,
+                                              ContainerSpec())):
+            fed.place(instance=inst, workload=workload, params=params, start=True,
+                      container=spec)
             pair.placed.append(inst)
         for inst in (echo_at, client_at):
             fed.wait_ready(instance=inst, timeout=120)
         reg.put_link(link)
         reg.put_service(Service(name=echo, workload=server, params=server_params,
+                                container=container,
                                 instance=echo_at, links=[link.id]), create=True)
         reg.put_service(Service(name=probe, workload=client_workload, params=client_params,
                                 instance=client_at, links=[link.id]), create=True)

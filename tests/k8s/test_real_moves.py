@@ -24,7 +24,13 @@ from mobility.moving import Engine, MoveRequests
 from mobility.node_ops import Quiesce
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.karmada_plane import KarmadaPlane
-from tests.k8s.realpods import RealLab, deploy_pair, member_pods, real_lab
+from tests.k8s.realpods import (
+    RealLab,
+    deploy_pair,
+    import_counter_image,
+    member_pods,
+    real_lab,
+)
 from tests.k8s.stateless import NoStateAgents
 from tests.k8s.test_kubefed_moves import run_move
 
@@ -112,5 +118,41 @@ def test_a_stateful_pod_moves_with_its_state_and_its_client_loses_nothing(
         assert pod["status"]["phase"] == "Running" and pod["spec"]["nodeName"] == target.node
         print(f"{backend}: moved a stateful pod in {took:.2f} s, froze {done.freeze_ms} ms; "
               f"client: {result}")
+    finally:
+        pair.remove()
+
+
+def test_a_users_own_image_moves_with_its_state(lab: RealLab, control_plane: ControlPlane
+                                                ) -> None:
+    """The README's example app (examples/counter: a UDP session counter embedding the state
+    SDK), built as ``mobility image build`` builds it and imported on the nodes, runs as a real
+    pod through Karmada (the recommended backend) and moves with its counters: its command
+    is its image's own, its SDK socket is named by ``MOBILITY_STATE_SOCKET``, the target is
+    told ``MOBILITY_RESTORE=1`` by its instance's environment."""
+    image = import_counter_image(control_plane)
+    pair = deploy_pair(lab, "karmada", "uim", image=image)
+    ns = lab.namespace("karmada")
+    try:
+        [pod] = member_pods(lab, "member-a", pair.placed[0].pod, ns)
+        assert pod["spec"]["containers"][0]["image"] == image
+        settings = lab.settings()
+        engine = Engine(registry=lab.registry, federation=pair.fed, wiring=lab.wiring,
+                        state_agents=lab.state_agents, settings=settings)
+        move = MoveRequests(registry=lab.registry, settings=settings).request_move(
+            service=pair.echo, to_cluster="member-b")
+        done = run_move(engine, move)
+        assert done.status == MoveStatus.SUCCEEDED, (done, done.error)
+        assert done.target is not None
+        pair.placed.append(done.target)
+        pair.wait_replies(1000)
+        lab.agent.call(lab.node("member-a", 1), Quiesce(pod=pair.client_at.pod), timeout=20)
+        time.sleep(0.5)
+        result = pair.progress()
+        assert result["lost"] == 0 and result["counters_ok"] is True, result
+        assert result["answered"] == result["sent"] > 1000, result
+        [pod] = member_pods(lab, "member-b", done.target.pod, ns)
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env["MOBILITY_RESTORE"] == "1" and env["MOBILITY_STATE_SOCKET"]
+        print(f"user image: moved with its state, froze {done.freeze_ms} ms; client: {result}")
     finally:
         pair.remove()

@@ -38,7 +38,7 @@ from mobility.backends.kube.objects import (
     default_image,
     default_pod_spec,
     deployment_template,
-    params_env,
+    instance_env,
     pod_spec_of,
     service_of,
 )
@@ -173,8 +173,9 @@ class KarmadaFederation:
         labels = {SERVICE_LABEL: service, MANAGED_BY[0]: MANAGED_BY[1]}
         # Karmada's namespace controller propagates the namespace to every member cluster
         self.karmada.create("/api/v1/namespaces", {"metadata": {"name": self.namespace}})
+        pod_spec = pod_spec_of(self.pod_spec_for, workload, params, container)
         template = deployment_template(service=service, workload=workload, params=params,
-                                       pod_spec=pod_spec_of(self.pod_spec_for, workload, params))
+                                       pod_spec=pod_spec)
         template["apiVersion"], template["kind"] = "apps/v1", "Deployment"
         template["metadata"].update(name=service, namespace=self.namespace)
         template["spec"]["replicas"] = 0  # the per-cluster rules say how many
@@ -219,7 +220,7 @@ class KarmadaFederation:
                 rules[cluster] = InstanceSpec(
                     instance=instance, replicas=1 if start else 0,
                     standby=any(c != cluster for c in rules), annotation=annotation,
-                    env=params_env(params)).overrides()
+                    env=instance_env(pod_spec, params)).overrides()
             _set_rules(op, rules)
             return True
 

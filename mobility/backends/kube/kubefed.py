@@ -37,8 +37,8 @@ from mobility.backends.kube.objects import (
     InstanceSpec,
     client_annotation,
     deployment_template,
+    instance_env,
     overrides_of,
-    params_env,
     placement_clusters,
     pod_spec_of,
     service_of,
@@ -74,6 +74,7 @@ class KubeFedFederation(KubeFedMembership):
         """
         service = service_of(instance)
         cluster = instance.cluster
+        pod_spec = pod_spec_of(self.pod_spec_for, workload, params, container)
         self._ensure_namespace(cluster)
         annotation = client_annotation(service, domain=self.domain)
         existing = self.host.get(self._fd_path(service))
@@ -97,7 +98,7 @@ class KubeFedFederation(KubeFedMembership):
             standby = any(n != cluster for n in names)
             overrides[cluster] = InstanceSpec(instance=instance, replicas=1 if start else 0,
                                               standby=standby, annotation=annotation,
-                                              env=params_env(params)).overrides()
+                                              env=instance_env(pod_spec, params)).overrides()
             set_placement(obj, sorted({*names, cluster}))
             set_overrides(obj, overrides)
             return True
@@ -110,7 +111,7 @@ class KubeFedFederation(KubeFedMembership):
                          "labels": {SERVICE_LABEL: service, MANAGED_BY[0]: MANAGED_BY[1]}},
             "spec": {"template": deployment_template(
                 service=service, workload=workload, params=params,
-                pod_spec=pod_spec_of(self.pod_spec_for, workload, params))},
+                pod_spec=pod_spec)},
         }
         add(body)
         if self.host.create(f"{TYPES_API}/namespaces/{self.namespace}/federateddeployments",

@@ -15,7 +15,7 @@ from typing import cast
 
 from mobility.backends.kube.client import Obj
 from mobility.errors import FederationError
-from mobility.models import Instance, Params
+from mobility.models import ContainerSpec, Instance, Params
 
 SERVICE_LABEL = "mobility.io/service"
 INSTANCE_LABEL = "mobility.io/instance"
@@ -135,35 +135,51 @@ def set_overrides(obj: Obj, overrides: Mapping[str, list[Obj]]) -> None:
 
 
 def params_env(params: Params) -> tuple[tuple[str, str], ...]:
-    """Workload parameters as ``MOBILITY_PARAM_<NAME>`` environment variables, sorted."""
-    return tuple((f"MOBILITY_PARAM_{k.upper()}", str(v)) for k, v in sorted(params.items()))
+    """Workload parameters as ``MOBILITY_PARAM_<NAME>`` environment variables, sorted; a
+    move's target also gets ``MOBILITY_RESTORE=1``, what a user's app is told on the lab."""
+    env = [(f"MOBILITY_PARAM_{k.upper()}", str(v)) for k, v in sorted(params.items())]
+    if params.get("restore"):
+        env.append(("MOBILITY_RESTORE", "1"))
+    return tuple(env)
 
 
-PodSpecFor = Callable[[str, Params], Obj]
-"""What a pod of a named workload runs (its ``spec``: containers, volumes), from the workload and
-the service's parameters. Injected by the composition: the engine does not know images or
-command lines; for the reference workloads on real nodes it is
+PodSpecFor = Callable[[str, Params, "Mapping[str, object] | None"], Obj]
+"""What a pod of a workload runs (its ``spec``: containers, volumes), from the workload, the
+service's parameters and its container (``ContainerSpec.to_dict()``: a user's image with its
+command, environment, ports, state mode and resources). Injected by the composition: the
+engine does not know images or command lines; on real nodes it is
 :func:`dataplane.lab.pods.kube_pod_spec`."""
 
 
 def default_pod_spec(image_for: Callable[[str], str]) -> PodSpecFor:
     """A pod spec naming only the workload's image (KWOK never runs it)."""
 
-    def spec(workload: str, params: Params) -> Obj:
-        return {"containers": [{"name": workload, "image": image_for(workload)}]}
+    def spec(workload: str, params: Params, container: Mapping[str, object] | None) -> Obj:
+        image = (container or {}).get("image") or image_for(workload)
+        return {"containers": [{"name": workload, "image": str(image)}]}
 
     return spec
 
 
-def pod_spec_of(pod_spec_for: PodSpecFor, workload: str, params: Params) -> Obj:
+def pod_spec_of(pod_spec_for: PodSpecFor, workload: str, params: Params,
+                container: ContainerSpec | None = None) -> Obj:
     """The pod spec the composition's function gives, or a FederationError (not retryable)
-    saying why there is none: a workload it cannot run (a user's own image on Kubernetes is
-    not supported yet) must be refused, not crash the phase."""
+    saying why there is none: a workload it cannot run must be refused, not crash the
+    phase."""
     try:
-        return pod_spec_for(workload, params)
+        return pod_spec_for(workload, params,
+                            container.to_dict() if container and container.image else None)
     except Exception as e:
         raise FederationError(f"no pod spec for workload {workload!r} on Kubernetes: {e}",
                               retryable=False) from e
+
+
+def instance_env(pod_spec: Obj, params: Params) -> tuple[tuple[str, str], ...]:
+    """An instance's whole environment: its container's own (a user's ``env``, the state
+    socket's name) then its parameters. The per-instance override replaces the container's
+    ``env`` as a whole, so it must carry both."""
+    own = pod_spec["containers"][0].get("env") or []
+    return tuple((str(e["name"]), str(e.get("value", ""))) for e in own) + params_env(params)
 
 
 def deployment_template(*, service: str, workload: str, params: Params,
