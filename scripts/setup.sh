@@ -24,6 +24,11 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v containerd >/dev/null || missing+=(containerd)
 command -v runc >/dev/null || missing+=(runc)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+# the dashboard's browser test (Playwright drives Debian's chromium: no browser download)
+command -v chromium >/dev/null || missing+=(chromium)
+# the compose site's test: Debian's docker engine and docker-compose 1.29
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
