@@ -16,6 +16,7 @@ from api.routers import (
     moves,
     operations,
     services,
+    subscriptions,
     tokens,
 )
 from mobility.moving import MoveRequests
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     limits.install(app)
     for r in (moves.router, services.router, chains.router, clusters.router,
-              operations.router, automation.router, tokens.router, images.router):
+              operations.router, automation.router, tokens.router, images.router,
+              subscriptions.router):
         app.include_router(r, dependencies=[Authorized])
     app.include_router(health.router)  # open: see api.auth
     if settings.api_cors_origins:  # off unless origins are named

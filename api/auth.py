@@ -2,10 +2,11 @@
 
 The role a route needs follows from its method and path, in one table (:func:`needed`): reads
 need ``viewer``; moves, aborts, deploys, signals and policy evaluation ``operator``; clusters,
-policies, the rebalancer's configuration and schedule, and tokens ``admin``. No token, an
-unknown, revoked or expired one: 401. A role too low: 403. A state-changing request that
-carries an ``Origin`` (a browser) not listed in ``MOBILITY_API_ORIGINS``: 403, so a web page
-cannot drive the API with a token it was never given. ``/healthz`` stays open: load balancers
+policies, the rebalancer's configuration and schedule, move subscriptions and tokens
+``admin``. No token, an unknown, revoked or expired one: 401. A role too low: 403. A
+state-changing request that carries an ``Origin`` (a browser) not listed in
+``MOBILITY_API_ORIGINS``: 403, so a web page cannot drive the API with a token it was never
+given. ``/healthz`` stays open: load balancers
 and probes carry no token, and it says only "ok" or "degraded".
 """
 
@@ -28,7 +29,7 @@ bearer = HTTPBearer(auto_error=False, description="a token from `mobility token 
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 ADMIN_PATHS = ("/v1/clusters", "/v1/policies", "/v1/rebalance/config",
-               "/v1/rebalance/schedule", "/v1/tokens", "/v1/images")
+               "/v1/rebalance/schedule", "/v1/tokens", "/v1/images", "/v1/subscriptions")
 OPERATOR_PATHS = ("/v1/policies/evaluate",)
 RATE_WINDOW_S = 60
 

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from cli import demo as demo_mod
 from cli import images as images_mod
+from cli import logs as logs_mod
+from cli import views
 from cli.client import api_client
 from cli.output import err, fail, out
 from cli.stack import Stack, StackError, default_stack
@@ -21,8 +23,9 @@ from dataplane.lab import topology
 from mobility.logs import configure_logging
 from mobility.settings import DEFAULT_ENV_FILE, get_settings
 
+# add_completion: --install-completion / --show-completion for bash, zsh, fish, PowerShell
 app = typer.Typer(help="Move running services between clusters.", no_args_is_help=True,
-                  add_completion=False)
+                  add_completion=True)
 lab_app = typer.Typer(help="The local multi-cluster lab.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 chain_app = typer.Typer(help="Service chains (client -> middleboxes -> server).",
@@ -402,58 +405,9 @@ def token_revoke(token_id: str) -> None:
     out.print(f"revoked {token_id}")
 
 
-ROLES_ORDER = ("redis", "supervisor", "orchestrator", "beat", "api")
-
-
-@app.command("status")
-def status(as_json: JsonOpt = False) -> None:
-    """Every process of the stack (alive, PID, restarts), the clusters, the services, the
-    moves in flight."""
-    from cli import supervise
-    from mobility.store import Registry
-
-    settings = get_settings()
-    run_dir = topology.RUN_ROOT / settings.lab_name
-    restarts = supervise.read_state(run_dir)
-    roles = sorted((p.stem for p in (run_dir / "pids").glob("*.json")),
-                   key=lambda r: (ROLES_ORDER.index(r) if r in ROLES_ORDER else 99, r))
-    processes = []
-    for role in roles:
-        pid = topology.recorded_pid(run_dir, role)
-        entry = restarts.get(role, {})
-        processes.append({"role": role, "pid": pid, "alive": pid is not None,
-                          "restarts": int(entry.get("restarts", 0)),
-                          "last_restart": entry.get("last_restart")})
-    result: dict[str, Any] = {"lab": settings.lab_name, "processes": processes}
-    try:
-        reg = Registry.from_url(settings.redis_url.get_secret_value())
-        clusters = reg.clusters()
-        services = reg.services()
-        result["clusters"] = {n: [node.name for node in c.nodes] for n, c in clusters.items()}
-        result["services"] = {s.name: (f"{s.instance.cluster}/{s.instance.node}"
-                                       if s.instance else None) for s in services.values()}
-        result["moves_in_flight"] = [
-            {"id": m.id, "service": m.service, "status": str(m.status),
-             "phase": str(m.phase) if m.phase else None, "to": m.to_cluster, "epoch": m.epoch}
-            for m in reg.active_moves()]
-    except Exception as exc:  # Redis down: still show the processes
-        result.update(clusters={}, services={}, moves_in_flight=[],
-                      error=f"registry unreachable ({type(exc).__name__})")
-    if as_json:
-        print(json.dumps(result))
-        return
-    table = Table("process", "pid", "alive", "restarts")
-    for p in processes:
-        table.add_row(str(p["role"]), str(p["pid"] or "-"),
-                      "[green]yes[/]" if p["alive"] else "[red]no[/]", str(p["restarts"]))
-    out.print(table)
-    out.print(f"clusters: {', '.join(result['clusters']) or 'none'}; "
-              f"services: {len(result['services'])}; moves in flight: "
-              f"{len(result['moves_in_flight'])}")
-    for m in result["moves_in_flight"]:
-        out.print(f"  {m['id']} {m['service']} -> {m['to']}: {m['status']} ({m['phase']})")
-    if "error" in result:
-        err.print(f"[yellow]{result['error']}[/]")
+app.command("status")(views.status_command)
+app.command("moves")(views.moves_command)
+app.command("logs")(logs_mod.command)
 
 
 if __name__ == "__main__":

@@ -242,3 +242,35 @@ def signal_owner(cluster: str, service: str | None) -> str:
     if service is not None:
         return f"{SIGNAL_OWNERS_PREFIX}service:{service}"
     return f"{SIGNAL_OWNERS_PREFIX}cluster:{cluster}"
+
+
+# --- move notifications for applications (mobility.store.subscriptions) ---
+
+SUBSCRIPTIONS = f"{PREFIX}subscriptions"  # set of subscription ids
+
+
+def subscription(sub_id: str) -> str:
+    """A subscription's record (its URL, events, filter; never its secret)."""
+    return f"{PREFIX}subscription:{sub_id}"
+
+
+def subscription_secret(sub_id: str) -> str:
+    """A subscription's signing secret, sealed: the API may write it, only the orchestrator
+    (which signs the deliveries) may read it."""
+    return f"{PREFIX}subsecret:{sub_id}"
+
+
+def subscription_deliveries(sub_id: str) -> str:
+    """A capped list of a subscription's recent delivery attempts, newest first."""
+    return f"{PREFIX}subdeliveries:{sub_id}"
+
+
+def subscription_progress(sub_id: str, move_id: str) -> str:
+    """A hash of where each event of one move stands for one subscription (queued,
+    delivered, gave_up) and its attempts: one delivery per (subscription, move, event)."""
+    return f"{PREFIX}subprogress:{sub_id}:{move_id}"
+
+
+def notification(event_id: str) -> str:
+    """The body of one move event's notification, the same for every subscription (expires)."""
+    return f"{PREFIX}notification:{event_id}"

@@ -17,7 +17,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,14 +97,18 @@ class Journal:
     def __init__(self, *, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
+        self.listeners: list[Callable[[Event], None]] = []
 
     def __call__(self, move_id: str, kind: str, *, phase: Phase | None = None,
                  detail: str = "") -> None:
-        self.registry.add_event(
-            Event(move_id=move_id, kind=kind, ts=time.time(),
-                  phase=str(phase) if phase else None, detail=detail),
-            ttl_s=self.settings.event_ttl_s,
-        )
+        event = Event(move_id=move_id, kind=kind, ts=time.time(),
+                      phase=str(phase) if phase else None, detail=detail)
+        self.registry.add_event(event, ttl_s=self.settings.event_ttl_s)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener's failure is never the move's
+                log.warning("move %s: a listener of %s failed", move_id, kind, exc_info=True)
 
 
 class MoveRequests:
@@ -165,6 +169,12 @@ class Engine:
         self.wiring = wiring
         self.state_agents = state_agents
         self._tl = threading.local()  # the lease the current thread's phase holds
+
+    def on_event(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener`` with each event the engine journals, once it is recorded (the
+        worker's move notifications: the engine cannot know Celery). What it raises is
+        logged, never the move's failure."""
+        self._event.listeners.append(listener)
 
     # --- running phases ---
 

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     image_max_bytes: int = Field(default=8 << 30, ge=0)
     # How many distinct signal series one service (or, cluster-level, one cluster) may hold.
     max_series_per_owner: int = Field(default=64, ge=1, le=4096)
+    # Move notifications (mobility.subscriptions): the hosts and CIDRs a subscription's URL may
+    # reach although they are loopback, link-local, private... (none by default; a JSON list,
+    # e.g. '["127.0.0.1/32", "hooks.internal"]'); each attempt's timeout; attempts per event.
+    subscription_allow_hosts: tuple[str, ...] = ()
+    subscription_timeout_s: float = Field(default=3.0, gt=0, le=30)
+    subscription_max_attempts: int = Field(default=6, ge=1, le=12)
 
     @property
     def agents_redis_url(self) -> str:

@@ -134,7 +134,9 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     plan = topology.plan(topology.load_config(name=name, underlay=TEST_UNDERLAY))
     env_file = tmp_path_factory.mktemp("stack") / "stack.env"
     stack = Stack(plan=plan, redis_port=free_port(), api_port=free_port(), fault_injection=True,
-                  env_file=str(env_file), extra_env={"MOBILITY_STATE_TTL_S": str(STATE_TTL_S)})
+                  env_file=str(env_file), extra_env={"MOBILITY_STATE_TTL_S": str(STATE_TTL_S),
+                             # move notifications' receivers in the tests listen on loopback
+                             "MOBILITY_SUBSCRIPTION_ALLOW_HOSTS": '["127.0.0.1/32"]'})
     try:
         stack.up()
         yield stack

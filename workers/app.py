@@ -11,10 +11,16 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_ready
+from celery.signals import (
+    before_task_publish,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_ready,
+)
 
 from mobility import keys
-from mobility.logs import configure_logging
+from mobility.logs import bind_move, configure_logging, current_move, is_move_id, unbind_move
 from mobility.settings import get_settings
 from workers.routing import ORCHESTRATION
 
@@ -64,7 +70,7 @@ def configure(app: Celery, url: str) -> None:
         redbeat_key_prefix=keys.REDBEAT_PREFIX,
         redbeat_lock_timeout=30,
         include=["workers.moves", "workers.deploying", "workers.node", "workers.clusters",
-                 "workers.automation", "workers.images"],
+                 "workers.automation", "workers.images", "workers.notifying"],
     )
 
 
@@ -86,6 +92,45 @@ app = MobilityCelery("service-mobility")
 @setup_logging.connect
 def _logging(**_: object) -> None:
     configure_logging()
+
+
+# The move a task works for, bound around it so each of its log lines carries the move id
+# (mobility.logs); tokens by task id, each reset in the thread that bound it.
+_BOUND: dict[str, Any] = {}
+
+
+def task_move_id(request: Any, args: Any, kwargs: Any) -> str | None:
+    """A task's move: its ``move_id`` keyword, the ``move_id`` header a task sent for a move
+    carries (a node operation), or a first argument that is a move id (a phase task)."""
+    for candidate in ((kwargs or {}).get("move_id"), getattr(request, "move_id", None),
+                      args[0] if args else None):
+        if is_move_id(candidate):
+            return str(candidate)
+    return None
+
+
+@task_prerun.connect
+def _bind_move(task_id: str = "", task: Any = None, args: Any = None, kwargs: Any = None,
+               **_: Any) -> None:
+    move_id = task_move_id(getattr(task, "request", None), args, kwargs)
+    if move_id is not None and task_id:
+        _BOUND[task_id] = bind_move(move_id)
+
+
+@task_postrun.connect
+def _unbind_move(task_id: str = "", **_: Any) -> None:
+    token = _BOUND.pop(task_id, None)
+    if token is not None:
+        unbind_move(token)
+
+
+@before_task_publish.connect
+def _carry_move(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """A task sent while working on a move (a node operation) carries the move id in a
+    header, so the agent that runs it logs under the same id."""
+    move_id = current_move()
+    if move_id is not None and headers is not None:
+        headers.setdefault("move_id", move_id)
 
 
 @worker_ready.connect

@@ -24,6 +24,7 @@ from mobility.store import Registry
 from workers.app import app
 from workers.canvas import COMPENSATE, COMPLETE, PHASE_EXPIRES_S, canvas, phase_task
 from workers.composition import build_engine
+from workers.notifying import Notifier
 from workers.routing import ORCHESTRATION
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,9 @@ PHASE_RETRIES = 2
 
 @functools.lru_cache(maxsize=1)
 def engine() -> Engine:
-    return build_engine(get_settings())
+    built = build_engine(get_settings())
+    built.on_event(Notifier(built.registry))  # move notifications (workers.notifying)
+    return built
 
 
 def registry() -> Registry:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from dataplane.errors import DataplaneError
 from dataplane.lab.pods import NodeRuntime
 from dataplane.lab.topology import load_plan
 from mobility import node_ops as ops
+from mobility.logs import current_move
 from mobility.settings import get_settings
 from mobility.store import Registry
 from workers import reconciling
@@ -98,8 +100,13 @@ def _serve(cls: type[ops.AnyOp], handler: Handler) -> Callable[[Mapping[str, obj
     def run(args: Mapping[str, object]) -> Answer:
         try:
             op = cls.from_args(args)
+            started = time.monotonic()
             with reconciling.LOCK:
-                return {"ok": True, "value": handler(runtime(), op)}
+                value = handler(runtime(), op)
+            if current_move() is not None:  # a move's step (the header bound it): say so
+                log.info("%s done for pod %s in %.1f ms", cls.TASK, getattr(op, "pod", "-"),
+                         (time.monotonic() - started) * 1000)
+            return {"ok": True, "value": value}
         except DataplaneError as exc:
             log.warning("%s failed: %s", cls.TASK, exc)
             return _failed(str(exc), errno=exc.errno, retryable=exc.retryable)

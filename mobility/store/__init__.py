@@ -7,7 +7,8 @@
 - ``operations``: long operations (deploys, joins) that callers poll instead of waiting;
 - ``tokens``: API token digests and rate windows;
 - ``jobs``: journals of deploys and removals, so a dead worker's half-done one is finished;
-- ``images``: the catalogue of images the container runtime holds (what a deploy may name).
+- ``images``: the catalogue of images the container runtime holds (what a deploy may name);
+- ``subscriptions``: move notifications' subscriptions, sealed secrets and delivery records.
 
 Each part is a class of its own over :class:`~mobility.store.base.StoreBase` and can be used
 alone; :class:`Registry` is all of them over one connection, because a phase reads the fleet
@@ -29,16 +30,18 @@ from mobility.store.images import ImageRecord, ImageStore
 from mobility.store.jobs import Job, JobStore
 from mobility.store.moves import EventBatch, MoveStore, new_move_id
 from mobility.store.operations import OperationStore
+from mobility.store.subscriptions import SubscriptionStore
 from mobility.store.tokens import TokenStore
 
 __all__ = ["AutomationStore", "ChainStore", "CredentialStore", "EventBatch", "FleetStore",
            "ImageRecord", "ImageStore", "Job", "JobStore", "MoveStore", "OperationStore",
-           "RebalanceRun", "Registry", "StoreBase", "TokenStore", "new_move_id"]
+           "RebalanceRun", "Registry", "StoreBase", "SubscriptionStore", "TokenStore",
+           "new_move_id"]
 
 
 class Registry(IdentityStore,  # first: its allocations check the counters after a restart
                FleetStore, MoveStore, AutomationStore, ChainStore, OperationStore, TokenStore,
-               CredentialStore, JobStore, ImageStore):
+               CredentialStore, JobStore, ImageStore, SubscriptionStore):
     """The whole registry over one Redis connection."""
 
     @classmethod

@@ -6,6 +6,8 @@ Who may do what (the key families are :data:`FAMILIES`, built from :mod:`mobilit
   locks, policies, rebalancing, signals, tokens and their rate windows, operations, sealed
   credentials, the rebalancing cron in redbeat); sends tasks to the orchestration queue and
   waits for nothing but their results. No link, sequence, health or state key is its to write.
+  It writes move subscriptions' sealed secrets but may not read them back (the orchestrator,
+  which signs the deliveries, reads them).
 - **orchestrator** (``mob-orchestrator``): the engine. Reads and writes the registry (not the
   tokens), allocates identities (``INFO`` tells it when Redis restarted), consumes the
   orchestration queue, sends node operations to the node queues and waits for their answers.
@@ -115,6 +117,10 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "reconcile": (keys.reconcile_passes("*"),),
     "state": (keys.state_pattern("*"),),
     "bench": (keys.BENCH_VALUE,),  # bench/state.py's baseline: the admin's alone
+    "subscriptions": (keys.SUBSCRIPTIONS, keys.subscription("*")),
+    "subscription_secrets": (keys.subscription_secret("*"),),  # the API writes, never reads
+    "deliveries": (keys.subscription_deliveries("*"),),
+    "notifications": (keys.subscription_progress("*", "*"), keys.notification("*")),
 }
 
 Access = Literal["R", "W", "RW"]
@@ -130,13 +136,15 @@ ACCESS: dict[str, dict[str, Access]] = {
           "last_moves": RW, "faults": RW, "chains": R, "signals": RW, "policies": RW,
           "policy_ticks": R, "rebalance_config": RW, "rebalance_last": R, "redbeat": RW,
           "tokens": RW, "operations": RW, "jobs": R, "credentials": RW, "health": R,
-          "reconcile": R, "images": R},
+          "reconcile": R, "images": R, "subscriptions": RW, "subscription_secrets": W,
+          "deliveries": RW},
     ORCHESTRATOR: {"clusters": RW, "services": RW, "links": RW, "locks": RW, "moves": RW,
                    "leases": RW, "last_moves": RW, "faults": RW, "sequences": RW, "chains": RW,
                    "signals": RW, "policies": RW, "policy_ticks": RW, "rebalance_config": R,
                    "rebalance_last": RW, "operations": RW, "jobs": RW, "credentials": RW,
                    "health": R, "images": RW,
-                   "reconcile": R, "state": W},
+                   "reconcile": R, "state": W, "subscriptions": R, "subscription_secrets": R,
+                   "deliveries": RW, "notifications": RW},
     BEAT: {"redbeat": RW},
     AGENT_PREFIX: {"clusters": R, "services": R, "links": R, "locks": R, "health": RW,
                    "reconcile": RW},
