@@ -13,6 +13,7 @@ of one phase; keeping them side by side is what lets a reader check that every s
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import secrets
 import threading
@@ -355,7 +356,9 @@ class Engine:
             except BaseException as exc:  # reported below, in the phase's own thread
                 failure.append(exc)
 
-        t = threading.Thread(target=restore, name=f"restore-{move.id}-{rnd}", daemon=True)
+        # the thread carries the caller's context: its log lines keep the move id (mobility.logs)
+        t = threading.Thread(target=contextvars.copy_context().run, args=(restore,),
+                             name=f"restore-{move.id}-{rnd}", daemon=True)
         t.start()
         try:
             args: dict[str, Any] = {"move": move.id, "round": rnd, "since": since}
@@ -698,7 +701,8 @@ class Engine:
                         held.lost.set()
                         return
 
-        t = threading.Thread(target=refresh, name=f"lease-{move_id}", daemon=True)
+        t = threading.Thread(target=contextvars.copy_context().run, args=(refresh,),
+                             name=f"lease-{move_id}", daemon=True)
         t.start()
         try:
             yield held
