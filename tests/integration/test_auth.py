@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -62,9 +63,22 @@ def mint(reg: Registry, role: Role, **kw: float) -> str:
     return secret
 
 
+_IMAGE_DIRS: list[str] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_image_dirs() -> Iterator[None]:
+    yield
+    while _IMAGE_DIRS:
+        shutil.rmtree(_IMAGE_DIRS.pop(), ignore_errors=True)
+
+
 def app_client(redis_url: str, **settings: object) -> TestClient:
-    # an upload (POST /v1/images) lands in a directory of the test's, not the host's
-    settings.setdefault("image_dir", tempfile.mkdtemp(prefix="smt-images-"))
+    # an upload (POST /v1/images) lands in a directory of the test's, not the host's (removed
+    # when the module is done)
+    if "image_dir" not in settings:
+        _IMAGE_DIRS.append(tempfile.mkdtemp(prefix="smt-images-"))
+        settings["image_dir"] = _IMAGE_DIRS[-1]
     app = create_app(Settings(redis_url=redis_url, **settings))  # type: ignore[arg-type]
     return TestClient(app, raise_server_exceptions=False)
 

@@ -20,7 +20,6 @@ subscription deleted meanwhile.
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 import time
 import warnings
@@ -267,12 +266,12 @@ def test_loopback_outside_the_allowance_is_refused_on_the_lab(api: httpx.Client)
 
 
 @pytest.fixture
-def plain(redis_server: RedisServer) -> Iterator[tuple[TestClient, Registry]]:
+def plain(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[TestClient, Registry]]:
     url = redis_server.url.rsplit("/", 1)[0] + "/6"
     reg = Registry.from_url(url)
     reg.r.flushdb()
     settings = Settings(redis_url=url,  # type: ignore[arg-type]
-                        image_dir=tempfile.mkdtemp(prefix="smt-images-"))
+                        image_dir=str(tmp_path / "images"))
     assert settings.subscription_allow_hosts == ()
     yield TestClient(create_app(settings), raise_server_exceptions=False), reg
     reg.r.flushdb()
