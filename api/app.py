@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import errors, limits
+from api import errors, limits, metrics
 from api.auth import Authorized
 from api.routers import (
     automation,
@@ -18,6 +18,7 @@ from api.routers import (
     services,
     subscriptions,
     tokens,
+    ui,
 )
 from mobility.moving import MoveRequests
 from mobility.settings import Settings, get_settings
@@ -35,9 +36,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limits.install(app)
     for r in (moves.router, services.router, chains.router, clusters.router,
               operations.router, automation.router, tokens.router, images.router,
-              subscriptions.router):
+              subscriptions.router, metrics.router):
         app.include_router(r, dependencies=[Authorized])
+    metrics.install(app, registry)  # GET /metrics (a viewer's) and the request timer
     app.include_router(health.router)  # open: see api.auth
+    app.include_router(ui.router)  # open: static assets, no data (see api.routers.ui)
     if settings.api_cors_origins:  # off unless origins are named
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.api_cors_origins),
                            allow_methods=["GET", "POST", "PUT", "DELETE"],

@@ -5,8 +5,8 @@ need ``viewer``; moves, aborts, deploys, signals and policy evaluation ``operato
 policies, the rebalancer's configuration and schedule, move subscriptions and tokens
 ``admin``. No token, an unknown, revoked or expired one: 401. A role too low: 403. A
 state-changing request that carries an ``Origin`` (a browser) not listed in
-``MOBILITY_API_ORIGINS``: 403, so a web page cannot drive the API with a token it was never
-given. ``/healthz`` stays open: load balancers
+``MOBILITY_API_ORIGINS`` nor the API's own (its dashboard, ``/ui``): 403, so a web page
+cannot drive the API with a token it was never given. ``/healthz`` stays open: load balancers
 and probes carry no token, and it says only "ok" or "degraded".
 """
 
@@ -47,6 +47,21 @@ def needed(method: str, path: str) -> Role:
     return Role.OPERATOR
 
 
+def same_origin(request: Request, origin: str) -> bool:
+    """Whether ``origin`` is the API's own (the dashboard it serves at ``/ui``): a same-origin
+    request is not cross-site, so it needs no listing. Compared exactly with the scheme the
+    server sees and the ``Host`` the request came to, a default port left out as browsers do;
+    an origin with a path, a user or another port is not the same."""
+    host = request.headers.get("host")
+    if not host:
+        return False
+    scheme = request.url.scheme
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    if default and host.endswith(default):
+        host = host[: -len(default)]
+    return origin.lower() == f"{scheme}://{host}".lower()
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status_code=401, detail=detail,
                          headers={"WWW-Authenticate": 'Bearer realm="service-mobility"'})
@@ -59,7 +74,8 @@ def authorize(request: Request, registry: RegistryDep, settings: SettingsDep,
     method = request.method
     if method not in READS:
         origin = request.headers.get("origin")
-        if origin is not None and origin not in settings.api_origins:
+        if (origin is not None and origin not in settings.api_origins
+                and not same_origin(request, origin)):
             raise HTTPException(status_code=403,
                                 detail=f"requests from origin {origin!r} are not allowed")
     if credentials is None or credentials.scheme.lower() != "bearer":

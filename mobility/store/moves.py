@@ -27,6 +27,7 @@ from mobility.errors import Conflict, NotFound, StaleEpoch
 from mobility.models import Event, Move, MoveStatus
 from mobility.phases import check_transition
 from mobility.store.base import StoreBase, pack, unpack
+from mobility.store.metrics import record_move_end
 
 _CREATE_MOVE = """
 if redis.call('exists', KEYS[2]) == 0 then return {0, ''} end
@@ -166,8 +167,10 @@ class MoveStore(StoreBase):
         drop its lease: one transaction, so the end and the unlock are seen together."""
         move = self.get_move(move_id)
         lock = keys.service_lock(move.service)
+        ending = [False]  # whether this write is the one that ends it (set again on a retry)
 
         def done(m: Move) -> None:
+            ending[0] = not m.status.terminal
             m.status = status
             m.finished_at = time.time()
             if error:
@@ -179,6 +182,8 @@ class MoveStore(StoreBase):
                 pipe.delete(lock)
             pipe.srem(keys.ACTIVE_MOVES, move_id)
             pipe.delete(keys.move_lease(move_id))
+            if ending[0]:  # counted once: in the transaction that makes it terminal
+                record_move_end(pipe, m)
 
         return self.update_move(move_id, done, _also=unlock, _watch=(lock,))
 
