@@ -128,6 +128,17 @@ def service_lock(name: str) -> str:
     return f"{PREFIX}lock:service:{name}"
 
 
+# The per-node index (mobility.store.fleet): each node's set of the services placed on it,
+# written in the transaction that writes a placement, so a node agent reads its own share.
+NODE_INDEX_BUILT = f"{PREFIX}nodes:indexed"  # set once the index covers every service
+
+
+def node_services(cluster: str, node: str) -> str:
+    """The names of the services whose instance runs on ``cluster``/``node`` (a set); "/"
+    is in no name, so no two nodes share one."""
+    return f"{PREFIX}node:{cluster}/{node}:services"
+
+
 def credentials(cred_id: str) -> str:
     """A caller's cluster credentials, sealed (AES-GCM), for one join or unjoin (expires)."""
     return f"{PREFIX}cred:{cred_id}"
@@ -274,3 +285,15 @@ def subscription_progress(sub_id: str, move_id: str) -> str:
 def notification(event_id: str) -> str:
     """The body of one move event's notification, the same for every subscription (expires)."""
     return f"{PREFIX}notification:{event_id}"
+
+
+# --- what GET /metrics shows (mobility.store.metrics): a few hashes, never one key per move ---
+
+_METRICS = f"{PREFIX}metrics:"  # the prefix alone is no key
+METRICS_MOVES = f"{_METRICS}moves"  # hash: "<status>|<origin>" -> ended moves
+METRICS_PHASE_MS = f"{_METRICS}phase_ms"  # hash: "<phase>|<le>|sum|count" -> histogram
+METRICS_FREEZE_MS = f"{_METRICS}freeze_ms"  # hash: "<le>", "sum", "count"
+METRICS_TOTALS = f"{_METRICS}totals"  # hash: "state_bytes", "sync_rounds"
+METRICS_REPAIRS = f"{_METRICS}repairs"  # hash: "<node>|repaired|broken" (agents write)
+METRICS_PROBES = f"{_METRICS}probes"  # hash: "sent", "lost", "duplicated"
+METRICS_PROBED = f"{_METRICS}probed"  # hash: move id -> 1 once its probe was reported

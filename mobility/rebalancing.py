@@ -36,9 +36,13 @@ Moves of one plan run concurrently and may fail one by one, so no move relies on
 The search (greedy, best-first): pop the most utilised cluster that still has movable
 services (a heap); for each colder target compute the best possible gain ``(u_a-u_b)**2 /
 (1/C_a + 1/C_b)`` and search targets in that order, stopping once the bound cannot beat the
-best move found; on one (source, target) pair the ideal load is ``(u_a-u_b) / (1/C_a +
-1/C_b)`` and, the gain being concave in ``w``, the best service is the nearest feasible one on
-either side of it in the source's load-sorted list (a bisection). When the heap runs dry the
+best move found (the bounds are computed lazily: targets are kept sorted by utilisation in
+groups of like capacity, where a cheap ceiling of the bound falls along each group, so only
+the few targets that could come first are computed, and they come in the very order a sort
+of every target's bound gives); on one (source, target) pair the ideal load is
+``(u_a-u_b) / (1/C_a + 1/C_b)`` and, the gain being concave in ``w``, the best service is
+the nearest feasible one on either side of it in the source's load-sorted list (a
+bisection). When the heap runs dry the
 clusters are tried again while the previous round found moves. Quality is greedy, not
 optimal; the guarantees above hold for every plan.
 """
@@ -48,7 +52,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -59,6 +63,10 @@ from mobility.errors import Invalid
 _MIN_RELATIVE_GAIN: Final = 1e-9
 # A target keeps this fraction of its capacity free, so summation order can never tip it over.
 _CAPACITY_HEADROOM: Final = 1e-9
+# How far above rounding a ceiling of a target's gain bound stays (a relative margin).
+_CEILING_MARGIN: Final = 1.0 + 1e-9
+# Targets are searched in this many groups of like capacity (see ``targets``).
+_TARGET_GROUPS: Final = 8
 # How many services on each side of the ideal load a pair looks at past anti-affinity misses.
 _MAX_PROBES: Final = 64
 
@@ -215,6 +223,17 @@ def _validate(
     return caps
 
 
+def _gain_ceiling(d: float, k_least: float, biggest: float) -> float:
+    """At least the bound ``w * (2*d - w*k)`` of any target ``d`` below the source whose ``k``
+    is at least ``k_least`` and whose ``w`` is at most ``biggest`` (the gain being concave in
+    ``w``, its peak with the smallest ``k``), rising with ``d``; a margin far above rounding
+    keeps it above the bound as computed."""
+    w = d / k_least
+    if w > biggest:
+        w = biggest
+    return w * (2.0 * d - w * k_least) * _CEILING_MARGIN
+
+
 def _pct(u: float) -> str:
     return f"{u * 100:.0f}%"
 
@@ -328,6 +347,78 @@ def plan_rebalance(
                 break
         return found
 
+    # Targets by utilisation (``loads[b] * inv_b``, as the bounds compute it), in groups of
+    # like capacity, each kept sorted as moves change loads: in that order a group's targets
+    # are in falling order of a ceiling of their gain bound (``_gain_ceiling``, with the
+    # group's smallest ``1/C``), so the search computes the exact bounds of the best
+    # candidates only, not of every cluster, and meets them in the order sorting all gives.
+    by_inv = sorted(target_caps, key=lambda t: (t[2], t[0]))
+    size = max(1, -(-len(by_inv) // _TARGET_GROUPS))
+    chunks = [by_inv[i:i + size] for i in range(0, len(by_inv), size)]
+    groups = [sorted((loads[c] * inv, c, inv, cap) for c, cap, inv in chunk) for chunk in chunks]
+    group_inv = [chunk[0][2] for chunk in chunks]  # each group's smallest 1/C
+    group_of = {c: g for g, chunk in enumerate(chunks) for c, _, _ in chunk}
+    inv_of = {c: inv for c, _, inv in target_caps}
+
+    def relocate(c: str, before: float) -> None:
+        """Move ``c`` in its group after its load changed from ``before``."""
+        if c in inv_of:
+            group = groups[group_of[c]]
+            del group[bisect.bisect_left(group, (before * inv_of[c], c))]
+            bisect.insort(group, (loads[c] * inv_of[c], c, inv_of[c], caps[c]))
+
+    def targets(a: str, ua: float, inv_a: float, biggest: float,
+                floor: float) -> Generator[tuple[float, str], float, None]:
+        """``(-bound, b)`` of every target whose bound beats ``floor``, in sorted order (bound
+        falling, then name): what sorting every target's bound gives. The caller sends the
+        floor it compares against (the best gain so far) after each."""
+        heap: list[tuple[float, str]] = []
+        top = -math.inf  # the best bound in the heap
+        fronts: list[tuple[float, int, int]] = []  # (-ceiling, group, position) of each group
+
+        def front(g: int, pos: int) -> None:
+            group = groups[g]
+            if pos < len(group):
+                d = ua - group[pos][0]
+                if d > 0:  # else every later target of the group is as warm as a, or warmer
+                    heapq.heappush(fronts, (-_gain_ceiling(d, inv_a + group_inv[g], biggest),
+                                            g, pos))
+
+        for g in range(len(groups)):
+            front(g, 0)
+        while True:
+            while fronts:
+                ceiling = -fronts[0][0]
+                if ceiling <= floor or ceiling < top:
+                    break  # no target left reaches the best bound computed
+                _, g, pos = heapq.heappop(fronts)
+                front(g, pos + 1)
+                key, b, inv_b, cap_b = groups[g][pos]
+                if b == a:
+                    continue
+                d = ua - key
+                k = inv_a + inv_b
+                w = d / k  # min() of four, unrolled: this loop is the planner's hot spot
+                if w > biggest:
+                    w = biggest
+                room = cap_b * (1.0 - _CAPACITY_HEADROOM) - committed[b]
+                if w > room:
+                    w = room
+                if w > d * cap_b:
+                    w = d * cap_b
+                if w <= 0:
+                    continue
+                bound = w * (2.0 * d - w * k)
+                if bound > floor:
+                    heapq.heappush(heap, (-bound, b))
+                    if bound > top:
+                        top = bound
+            if not heap:
+                return
+            got = heapq.heappop(heap)
+            top = -heap[0][0] if heap else -math.inf
+            floor = yield got
+
     version = dict.fromkeys(names, 0)
     heap: list[tuple[float, str, int]] = []
 
@@ -356,40 +447,31 @@ def plan_rebalance(
             # peaks at d/k, and no feasible w exceeds a's biggest movable service, b's room
             # or the load that would lift b to a's utilisation.
             ua, inv_a, biggest = util(a), 1.0 / caps[a], mv_loads[a][-1]
-            bounds: list[tuple[float, str]] = []
-            for b, cap_b, inv_b in target_caps:
-                d = ua - loads[b] * inv_b
-                if d <= 0 or b == a:
-                    continue
-                k = inv_a + inv_b
-                w = d / k  # min() of four, unrolled: this loop is the planner's hot spot
-                if w > biggest:
-                    w = biggest
-                room = cap_b * (1.0 - _CAPACITY_HEADROOM) - committed[b]
-                if w > room:
-                    w = room
-                if w > d * cap_b:
-                    w = d * cap_b
-                if w <= 0:
-                    continue
-                bound = w * (2.0 * d - w * k)
-                if bound > floor:
-                    bounds.append((-bound, b))
-            bounds.sort()
+            search = targets(a, ua, inv_a, biggest, floor)
             best: tuple[float, int, str] | None = None
-            for neg_bound, b in bounds:
+            step = next(search, None)
+            while step is not None:
+                neg_bound, b = step
                 if -neg_bound <= (best[0] if best else floor):
                     break
                 got = best_on_pair(a, b, best[0] if best else floor)
                 if got is not None and (best is None or got[0] > best[0]):
                     best = (got[0], got[1], b)
+                try:
+                    step = search.send(best[0] if best else floor)
+                except StopIteration:
+                    step = None
+            search.close()
             if best is None:
                 continue  # nothing to gain from a for now; a later round may retry it
             gained, j, b = best
             load, svc = mv_loads[a].pop(j), mv_names[a].pop(j)
             ua_before, ub_before = util(a), util(b)
+            was_a, was_b = loads[a], loads[b]
             loads[a] -= load
             loads[b] += load
+            relocate(a, was_a)
+            relocate(b, was_b)
             committed[b] += load
             spread -= gained
             for gi in groups_of.get(svc, ()):

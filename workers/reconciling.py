@@ -1,7 +1,8 @@
 """The node agent's reconciler: desired link state from the registry, repaired on the node.
 
 Every second (and once at start) the agent of a node reads, from the registry, the services
-whose instance runs on its node and the link ends they should have, checks each end in the
+whose instance runs on its node (from its node's index, not a scan of every service) and the
+link ends they should have, checks each end in the
 kernel (device, MAC, address, up, FDB entry for the peer, permanent neighbour entry) and
 recreates whatever drifted, then records the path health of each service (visible in
 ``GET /v1/services``). Services with a move in progress, or whose link peer is moving, are
@@ -16,12 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 
 from dataplane.errors import DataplaneError
 from dataplane.lab.pods import NodeRuntime
-from mobility.models import Cluster, PathHealth, Service
+from mobility.errors import NotFound
+from mobility.models import Cluster, Link, PathHealth, Service
 from mobility.node_ops import CreateEnd
 from mobility.store import Registry
+from mobility.store.metrics import MetricStore
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +47,61 @@ def check_end(rt: NodeRuntime, op: CreateEnd) -> list[str]:
                         peer_mac=op.peer_mac, peer_ip=op.peer_ip, peer_node_ip=op.peer_node_ip)
 
 
-def desired_ends(rt: NodeRuntime,
-                 registry: Registry) -> list[tuple[Service, list[tuple[str, CreateEnd]]]]:
+Ends = list[tuple[Service, list[tuple[str, CreateEnd]]]]
+
+
+def desired_ends(rt: NodeRuntime, registry: Registry) -> Ends:
     """Services on this node that no move owns, with the link ends they should have (each
     with its link's id), built exactly as WIRE builds them."""
+    return node_desired_ends(cluster=rt.node.cluster, node=rt.node.name, registry=registry)
+
+
+def node_desired_ends(*, cluster: str, node: str, registry: Registry) -> Ends:
+    """:func:`desired_ends` of ``cluster``/``node``, from its index: the node's services,
+    then their links, their peers and the clusters involved, one batched read each, so a
+    tick costs the node's share of the registry, not the registry. Without an index yet (a
+    registry from before it) it scans, as :func:`scan_desired_ends`."""
+    names = registry.node_index(cluster, node)
+    if names is None:
+        return scan_desired_ends(cluster=cluster, node=node, registry=registry)
+    mine = [s for s in registry.services_named(names).values()
+            if s.instance is not None and (s.instance.cluster, s.instance.node) == (cluster, node)
+            and not s.moving]
+    links = registry.links_named(i for s in mine for i in s.links)
+    peers = registry.services_named(link.peer_of(s.name).service for s in mine
+                                    for i in s.links if (link := links.get(i)) is not None)
+    clusters = registry.clusters_named(
+        [cluster, *(p.instance.cluster for p in peers.values() if p.instance is not None)])
+
+    def link_of(link_id: str) -> Link:
+        if link_id not in links:
+            raise NotFound(f"link {link_id} does not exist")  # as Registry.get_link
+        return links[link_id]
+
+    return ends_of(mine, links=link_of, services=peers, clusters=clusters)
+
+
+def scan_desired_ends(*, cluster: str, node: str, registry: Registry) -> Ends:
+    """:func:`desired_ends` from a read of every service and cluster: what the reconciler did
+    before the per-node index (and still does on a registry without one)."""
     services = registry.services()
-    clusters: dict[str, Cluster] = registry.clusters()
+    mine = [s for s in services.values() if s.instance is not None
+            and (s.instance.cluster, s.instance.node) == (cluster, node) and not s.moving]
+    return ends_of(mine, links=registry.get_link, services=services,
+                 clusters=registry.clusters())
+
+
+def ends_of(mine: list[Service], *, links: Callable[[str], Link], services: Mapping[str, Service],
+          clusters: Mapping[str, Cluster]) -> Ends:
+    """The ends of each service of ``mine`` (sorted by name), or none for a service whose
+    link peer is moving (the move owns the link); ``services`` holds at least its peers."""
     out = []
-    for svc in services.values():
+    for svc in sorted(mine, key=lambda s: s.name):
         inst = svc.instance
-        if inst is None or (inst.cluster, inst.node) != (rt.node.cluster, rt.node.name):
-            continue
-        if svc.moving:
-            continue
+        assert inst is not None
         ends = []
         owned = False
-        for link in registry.links_of(svc):
+        for link in [links(i) for i in svc.links]:  # all first: a missing one fails the pass
             peer = services.get(link.peer_of(svc.name).service)
             if peer is None or peer.instance is None:
                 continue  # the other end is being deployed or removed
@@ -76,6 +119,7 @@ def desired_ends(rt: NodeRuntime,
 def reconcile_once(rt: NodeRuntime, registry: Registry) -> dict[str, PathHealth]:
     """One pass; returns the health recorded per service."""
     report = {}
+    fixed = still_broken = 0
     for svc, ends in desired_ends(rt, registry):
         assert svc.instance is not None
         links: dict[str, str] = {}
@@ -90,6 +134,8 @@ def reconcile_once(rt: NodeRuntime, registry: Registry) -> dict[str, PathHealth]
                         links[link_id] = ("repaired: " + "; ".join(problems) if not left
                                           else "broken: " + "; ".join(left))
                         repaired.append(link_id)
+                        fixed, still_broken = (fixed, still_broken + 1) if left else (
+                            fixed + 1, still_broken)
                         log.warning("service %s link %s drifted (%s); %s", svc.name,
                                     link_id, "; ".join(problems), links[link_id])
                     else:
@@ -105,6 +151,8 @@ def reconcile_once(rt: NodeRuntime, registry: Registry) -> dict[str, PathHealth]
                             checked_at=time.time(), node=rt.node.queue_id, links=links)
         registry.put_health(svc.name, health, ttl_s=HEALTH_TTL_S)
         report[svc.name] = health
+    MetricStore(registry.r).count_repairs(rt.node.queue_id, repaired=fixed,
+                                          broken=still_broken)
     registry.count_reconcile_pass(rt.node.queue_id)
     return report
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import APIRouter, Response
 
 from api.deps import RegistryDep, SettingsDep
@@ -17,25 +19,32 @@ from api.schemas import (
 )
 from mobility import workloads
 from mobility.errors import Conflict, Invalid, NotFound
-from mobility.models import IMAGE_WORKLOAD, Service
-from mobility.store import Registry
+from mobility.models import IMAGE_WORKLOAD, Link, PathHealth, Service
 from workers import canvas
 
 router = APIRouter(prefix="/v1/services", tags=["services"])
 
 
-def _out(registry: Registry, svc: Service) -> ServiceOut:
-    links = []
-    for link in registry.links_of(svc):
+def _out(svc: Service, links: Mapping[str, Link], health: PathHealth | None) -> ServiceOut:
+    ends = []
+    for link_id in svc.links:
+        if link_id not in links:
+            raise NotFound(f"link {link_id} does not exist")  # as Registry.get_link
+        link = links[link_id]
         mine = link.end_of(svc.name)
-        links.append(LinkOut(id=link.id, vni=link.vni, peer=link.peer_of(svc.name).service,
-                             ifname=mine.ifname, mac=mine.mac, ip=mine.ip))
-    return ServiceOut.of(svc, links, registry.get_health(svc.name))
+        ends.append(LinkOut(id=link.id, vni=link.vni, peer=link.peer_of(svc.name).service,
+                            ifname=mine.ifname, mac=mine.mac, ip=mine.ip))
+    return ServiceOut.of(svc, ends, health)
 
 
 @router.get("")
 def list_services(registry: RegistryDep) -> list[ServiceOut]:
-    return [_out(registry, s) for s in registry.services().values()]
+    """Every service, with its links and path health read in two batches, not two reads per
+    service (2,000 services: 4,000 round trips otherwise)."""
+    services = registry.services()
+    links = registry.links_named(i for s in services.values() for i in s.links)
+    health = registry.healths_named(services)
+    return [_out(s, links, health.get(s.name)) for s in services.values()]
 
 
 @router.get("/{name}", responses=answers(404))
@@ -43,7 +52,8 @@ def get_service(name: NamePath, registry: RegistryDep) -> ServiceOut:
     svc = registry.get_service(name)
     if svc is None:
         raise NotFound(f"service {name!r} does not exist")
-    return _out(registry, svc)
+    links = registry.links_named(svc.links)
+    return _out(svc, links, registry.get_health(svc.name))
 
 
 @router.post("", status_code=202, responses=ERRORS)

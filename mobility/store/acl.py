@@ -7,7 +7,8 @@ Who may do what (the key families are :data:`FAMILIES`, built from :mod:`mobilit
   credentials, the rebalancing cron in redbeat); sends tasks to the orchestration queue and
   waits for nothing but their results. No link, sequence, health or state key is its to write.
   It writes move subscriptions' sealed secrets but may not read them back (the orchestrator,
-  which signs the deliveries, reads them).
+  which signs the deliveries, reads them). For ``GET /metrics`` it reads the aggregates
+  (``mob:metrics:*``, written by the others) and the node queues' lengths, never their tasks.
 - **orchestrator** (``mob-orchestrator``): the engine. Reads and writes the registry (not the
   tokens), allocates identities (``INFO`` tells it when Redis restarted), consumes the
   orchestration queue, sends node operations to the node queues and waits for their answers.
@@ -16,9 +17,10 @@ Who may do what (the key families are :data:`FAMILIES`, built from :mod:`mobilit
   the trust root of the state channel, as it is of moves (Redis cannot limit what a user given
   ``ACL SETUSER`` may grant, so no other component has it).
 - **node agents** (``mob-agent-<cluster>-<node>``, one per node): consume their own node's
-  queue and no other; read clusters, services, links and locks (the reconciler); write their
-  path health and reconcile counter; answer through Celery's results. No move, token,
-  credential or state key; they cannot send work to the orchestrator.
+  queue and no other; read clusters, services, links and locks (the reconciler) and their own
+  node's index (``keys.node_services``: the services placed on it); write their path health,
+  reconcile counter and repair counts (``GET /metrics``); answer through Celery's results.
+  No move, token, credential or state key; they cannot send work to the orchestrator.
 - **beat** (``mob-beat``): redbeat's keys, and sending its ticks to the orchestration queue.
 - **a move's state agents** (``mob-move-<move>``, :class:`StateUsers`): only
   ``mob:state:<move>:*``, only the commands the state channel uses. The engine makes it before
@@ -121,6 +123,12 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "subscription_secrets": (keys.subscription_secret("*"),),  # the API writes, never reads
     "deliveries": (keys.subscription_deliveries("*"),),
     "notifications": (keys.subscription_progress("*", "*"), keys.notification("*")),
+    # GET /metrics's aggregates: moves' ends (the orchestrator), repairs (the agents), probes
+    "metrics": (keys.METRICS_MOVES, keys.METRICS_PHASE_MS, keys.METRICS_FREEZE_MS,
+                keys.METRICS_TOTALS, keys.METRICS_PROBES, keys.METRICS_PROBED),
+    "repairs": (keys.METRICS_REPAIRS,),
+    # every node's index; an agent reads its own node's alone (``_agent_index_rules``)
+    "node_index": (keys.NODE_INDEX_BUILT, keys.node_services("*", "*")),
 }
 
 Access = Literal["R", "W", "RW"]
@@ -137,17 +145,18 @@ ACCESS: dict[str, dict[str, Access]] = {
           "policy_ticks": R, "rebalance_config": RW, "rebalance_last": R, "redbeat": RW,
           "tokens": RW, "operations": RW, "jobs": R, "credentials": RW, "health": R,
           "reconcile": R, "images": R, "subscriptions": RW, "subscription_secrets": W,
-          "deliveries": RW},
+          "deliveries": RW, "metrics": R, "repairs": R, "node_index": R},
     ORCHESTRATOR: {"clusters": RW, "services": RW, "links": RW, "locks": RW, "moves": RW,
                    "leases": RW, "last_moves": RW, "faults": RW, "sequences": RW, "chains": RW,
                    "signals": RW, "policies": RW, "policy_ticks": RW, "rebalance_config": R,
                    "rebalance_last": RW, "operations": RW, "jobs": RW, "credentials": RW,
                    "health": R, "images": RW,
                    "reconcile": R, "state": W, "subscriptions": R, "subscription_secrets": R,
-                   "deliveries": RW, "notifications": RW},
+                   "deliveries": RW, "notifications": RW, "metrics": RW, "repairs": R,
+                   "node_index": RW},
     BEAT: {"redbeat": RW},
     AGENT_PREFIX: {"clusters": R, "services": R, "links": R, "locks": R, "health": RW,
-                   "reconcile": RW},
+                   "reconcile": RW, "repairs": RW},
     STATE: {"state": RW},
 }
 
@@ -183,6 +192,7 @@ class CeleryRole:
     consumes: tuple[str, ...] = ()
     sends_to: tuple[str, ...] = ()
     worker: str = "*"
+    measures: tuple[str, ...] = ()  # queues whose length it reads, and nothing else (metrics)
 
 
 def _celery_rules(role: CeleryRole, *, db: int = 0) -> tuple[list[str], list[str], list[str]]:
@@ -193,8 +203,11 @@ def _celery_rules(role: CeleryRole, *, db: int = 0) -> tuple[list[str], list[str
         rules += [f"~{k}" for k in keys.queue_keys(queue)]
         rules += [f"~{keys.KOMBU_BINDING_PREFIX}{queue}",
                   f"~{keys.KOMBU_BINDING_PERMANENT_PREFIX}{queue}"]
+    rules += [f"%R~{queue}" for queue in role.measures]
     rules.append(f"~{keys.CELERY_RESULT_PREFIX}*")
     channels = [f"&{keys.CELERY_RESULT_PREFIX}*"]
+    if role.sends_to and not role.consumes:  # a sender's "task-sent" events (Flower's view)
+        channels.append(f"&{fanout}{keys.CELERY_EVENTS}/*")
     selectors = []
     if role.consumes:
         rules += [f"~{k}" for k in keys.KOMBU_UNACKED]
@@ -222,12 +235,28 @@ def rules(user: str, *, celery: CeleryRole | None = None) -> list[str]:
     commands += _EXTRA_COMMANDS.get(kind, ())
     key_rules = [f"{_KEY_RULE[mode]}{pattern}" for family, mode in ACCESS[kind].items()
                  for pattern in FAMILIES[family]]
+    if kind == AGENT_PREFIX:
+        key_rules += _agent_index_rules(user)
     channels: list[str] = []
     selectors: list[str] = []
     if celery is not None:
         more, channels, selectors = _celery_rules(celery)
         key_rules += more
     return [*commands, "resetkeys", *key_rules, "resetchannels", *channels, *selectors]
+
+
+def _agent_index_rules(user: str) -> list[str]:
+    """An agent reads its own node's index (and whether the index is built), no other's.
+
+    Its user name joins cluster and node with "-", which names may hold too, so each way of
+    splitting it back names a node that would get this very user: the agent may read those
+    nodes' indexes (all of them its own user's), never one another user's node has.
+    """
+    suffix = user.removeprefix(AGENT_PREFIX)
+    splits = [(suffix[:i], suffix[i + 1:]) for i, ch in enumerate(suffix) if ch == "-"]
+    return [f"%R~{keys.NODE_INDEX_BUILT}",
+            *(f"%R~{keys.node_services(c, n)}" for c, n in splits
+              if _NAME.fullmatch(c) and _NAME.fullmatch(n))]
 
 
 def move_rules(move_id: str) -> list[str]:
@@ -243,7 +272,8 @@ def component_users(*, orchestration: str, node_queues: str,
     orchestrator sends to them); ``agents``: each node agent's user and its Celery role."""
     users = {
         ADMIN: rules(ADMIN),
-        API: rules(API, celery=CeleryRole(sends_to=(orchestration,))),
+        API: rules(API, celery=CeleryRole(sends_to=(orchestration,),
+                                          measures=(node_queues,))),
         ORCHESTRATOR: rules(ORCHESTRATOR, celery=CeleryRole(
             consumes=(orchestration,), sends_to=(node_queues,), worker=orchestrator_worker)),
         BEAT: rules(BEAT, celery=CeleryRole(sends_to=(orchestration,))),
