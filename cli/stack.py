@@ -10,8 +10,19 @@ no``). Redis reads its configuration from ``<run dir>/redis/redis.conf`` and its
 ``users.acl`` beside it (both 0600; the ACL holds SHA-256 digests only), never from its command
 line: one ACL user per component (:mod:`mobility.store.acl`), a ``default`` user nobody can log
 in as, and the append-only file on (``appendfsync everysec``), so a restart keeps the registry,
-locks, moves and queued tasks. Each user's password is in a 0600 file under ``redis/passwords/``; a
-component finds its Redis URL in its own 0600 env file (``redis/<user>.env``, named by
+locks, moves and queued tasks.
+
+In Sentinel mode (``Stack(sentinel=True)``) a replica and three sentinels run beside it, on the
+same host link, under the run directory and recorded like every other process: the replica
+reads the same ACL file (ACLs are not replicated) and replicates as the admin user; the
+sentinels (``redis-server <conf> --sentinel``) watch the master as the admin user, require a
+password of their own, and decide on a failover with a quorum of two. Every component then
+finds the sentinels in its env file and reaches the master through them
+(:mod:`mobility.store.connecting`), so a failover moves them all to the new master. The state
+channel keeps its direct URL (the first master's address).
+
+Each user's password is in a 0600 file under ``redis/passwords/``; a component finds its
+Redis URL in its own 0600 env file (``redis/<user>.env``, named by
 ``MOBILITY_ENV_FILE``), so no password is in any process's command line or environment.
 """
 
@@ -19,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -45,6 +57,7 @@ from mobility import tokens
 from mobility.models import Cluster, Node
 from mobility.settings import DEFAULT_ENV_FILE, get_settings
 from mobility.store import Registry, acl
+from mobility.store.connecting import SentinelConfig, connect
 from mobility.tokens import Role
 from workers.app import client
 from workers.routing import ORCHESTRATION, node_queue
@@ -58,6 +71,13 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 BEAT_MAX_INTERVAL_S = 5
+SENTINELS = 3
+SENTINEL_QUORUM = 2
+# how long the sentinels wait before they call the master down, and before a failover that
+# did not finish is tried again: short, for a lab on one host
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 10000
+SENTINEL_SECRET = "sentinels"  # the sentinels' requirepass, a file beside the users' passwords
 
 
 class StackError(RuntimeError):
@@ -100,6 +120,49 @@ class Stack:
     fault_injection: bool = False
     env_file: str | None = DEFAULT_ENV_FILE  # where `mobility` finds this stack; None: nowhere
     extra_env: dict[str, str] = field(default_factory=dict)  # more MOBILITY_* settings
+    # Redis Sentinel: a replica on replica_port and sentinels on sentinel_ports (defaults:
+    # the ports after redis_port)
+    sentinel: bool = False
+    replica_port: int = 0
+    sentinel_ports: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.sentinel:
+            self.replica_port = self.replica_port or self.redis_port + 1
+            self.sentinel_ports = self.sentinel_ports or tuple(
+                self.redis_port + 2 + i for i in range(SENTINELS))
+
+    @property
+    def sentinel_master(self) -> str:
+        """The name the sentinels know the master by: the lab's."""
+        return self.plan.name
+
+    def sentinel_config(self) -> SentinelConfig | None:
+        """Where the sentinels are (on the host link, so the lab reaches them too); None
+        without Sentinel."""
+        if not self.sentinel:
+            return None
+        return SentinelConfig(sentinels=tuple((self.plan.host_ip, p) for p in self.sentinel_ports),
+                              master=self.sentinel_master,
+                              password=self._password(SENTINEL_SECRET))
+
+    def redis_client(self, *, user: str = acl.ADMIN, socket_timeout: float | None = 10.0
+                     ) -> redis.Redis:
+        """A client of the master (through the sentinels in Sentinel mode)."""
+        return connect(self.redis_url(user=user), sentinel=self.sentinel_config(),
+                       socket_timeout=socket_timeout)
+
+    def registry(self) -> Registry:
+        """The registry as the admin, on the master (wherever the sentinels say it is)."""
+        return Registry(self.redis_client())
+
+    def _sentinel_env(self) -> list[str]:
+        config = self.sentinel_config()
+        if config is None:
+            return []
+        return ["MOBILITY_REDIS_SENTINELS=" + json.dumps([f"{h}:{p}" for h, p in config.sentinels]),
+                f"MOBILITY_REDIS_SENTINEL_MASTER={config.master}",
+                f"MOBILITY_REDIS_SENTINEL_PASSWORD={config.password}"]
 
     @property
     def run_dir(self) -> Path:
@@ -170,7 +233,8 @@ class Stack:
     def component_env_file(self, user: str, *, from_lab: bool = False) -> Path:
         """The 0600 env file of a component running as ``user``: its Redis URL (and the
         orchestrator's: the state agents' URL and the credentials key; the API's: that key)."""
-        lines = [f"MOBILITY_REDIS_URL={self.redis_url(from_lab=from_lab, user=user)}"]
+        lines = [f"MOBILITY_REDIS_URL={self.redis_url(from_lab=from_lab, user=user)}",
+                 *self._sentinel_env()]
         if user == acl.ORCHESTRATOR:
             # where the state agents reach Redis, with no credentials: each move gives its
             # agents a user of its own (mobility.store.acl.StateUsers), limited to its keys
@@ -318,12 +382,91 @@ class Stack:
             _write_private(path, f"MOBILITY_REDIS_URL={self.redis_url()}\n"
                                  f"MOBILITY_LAB_NAME={self.plan.name}\n"
                                  f"MOBILITY_API_PORT={self.api_port}\n"
-                                 f"MOBILITY_TOKEN_FILE={self.token_file}\n")
+                                 f"MOBILITY_TOKEN_FILE={self.token_file}\n"
+                                 + "".join(f"{line}\n" for line in self._sentinel_env()))
         Registry(client).ping()
-        reg = Registry(redis.Redis.from_url(self.redis_url()))
+        if self.sentinel:
+            self.ensure_sentinels(client)
+        reg = self.registry()
         for cluster in lab_clusters(self.plan):
             reg.put_cluster(cluster)
         self._ensure_token(reg)
+
+    def ensure_sentinels(self, master: redis.Redis) -> None:
+        """The replica and the sentinels (Sentinel mode), each started unless it runs.
+
+        Replication and the sentinels authenticate as the admin user. The replica's and
+        master's ``masteruser``/``masterauth`` are set at run time (a demoted master needs them
+        too), so no Redis configuration file holds a password; the sentinels' files do (0600:
+        a sentinel needs its master's password at start and rewrites its file itself)."""
+        binary = shutil.which("redis-server")
+        assert binary is not None  # ensure_redis checked
+        host = self.plan.host_ip
+        d = self.redis_dir / "replica"
+        d.mkdir(mode=0o700, exist_ok=True)
+        conf = d / "redis.conf"
+        if not conf.exists():  # Redis rewrites it after a failover (CONFIG REWRITE): kept
+            _write_private(conf, "\n".join([
+                "# Written by the lab stack (cli/stack.py): the master's replica. No password",
+                "# here: the stack sets masteruser/masterauth at run time.",
+                f"port {self.replica_port}", f"bind 127.0.0.1 -{host}", "protected-mode yes",
+                "daemonize no", f'dir "{d}"',
+                f'aclfile "{self.redis_dir / "users.acl"}"', 'save ""', "appendonly yes",
+                "appendfsync everysec", f"replicaof {host} {self.redis_port}", ""]))
+        self._spawn("redis-replica", [binary, str(conf)], self.env())
+        replica = redis.Redis.from_url(self.redis_url().replace(
+            f":{self.redis_port}/", f":{self.replica_port}/"), socket_timeout=1)
+
+        def pong() -> bool:
+            try:
+                return bool(replica.ping())
+            except redis.RedisError:
+                return False
+
+        _wait("redis replica", pong, 15, self.logs / "redis-replica.log")
+        for server in (master, replica):
+            server.config_set("masteruser", acl.ADMIN)
+            server.config_set("masterauth", self._password())
+        replica.close()
+        for i, port in enumerate(self.sentinel_ports):
+            sd = self.redis_dir / f"sentinel-{i}"
+            sd.mkdir(mode=0o700, exist_ok=True)
+            sconf = sd / "sentinel.conf"
+            name = self.sentinel_master
+            if not sconf.exists():  # each sentinel rewrites its own file: kept
+                _write_private(sconf, "\n".join([
+                    "# Written by the lab stack (cli/stack.py); the sentinel rewrites it.",
+                    f"port {port}", f"bind 127.0.0.1 -{host}", "daemonize no", f'dir "{sd}"',
+                    f"requirepass {self._password(SENTINEL_SECRET)}",
+                    f"sentinel sentinel-pass {self._password(SENTINEL_SECRET)}",
+                    f"sentinel monitor {name} {host} {self.redis_port} {SENTINEL_QUORUM}",
+                    f"sentinel auth-user {name} {acl.ADMIN}",
+                    f"sentinel auth-pass {name} {self._password()}",
+                    f"sentinel down-after-milliseconds {name} {SENTINEL_DOWN_AFTER_MS}",
+                    f"sentinel failover-timeout {name} {SENTINEL_FAILOVER_TIMEOUT_MS}",
+                    f"sentinel parallel-syncs {name} 1", ""]))
+            self._spawn(f"sentinel-{i}", [binary, str(sconf), "--sentinel"], self.env())
+        config = self.sentinel_config()
+        assert config is not None
+
+        def agreed() -> bool:
+            """Every sentinel knows the master, its replica and the other sentinels."""
+            for h, p in config.sentinels:
+                try:
+                    s = redis.Redis(host=h, port=p, password=config.password, socket_timeout=1,
+                                    decode_responses=True)
+                    state = s.sentinel_master(name)
+                    s.close()
+                except redis.RedisError:
+                    return False
+                if not isinstance(state, dict):
+                    return False
+                if int(state.get("num-slaves", 0)) < 1 or int(
+                        state.get("num-other-sentinels", 0)) < len(config.sentinels) - 1:
+                    return False
+            return True
+
+        _wait("redis sentinels", agreed, 30, self.logs / "sentinel-0.log")
 
     @property
     def containerd_paths(self) -> containers.ContainerdPaths:
@@ -357,7 +500,7 @@ class Stack:
         from workers import images as image_tasks
 
         ctr = self.containerd_paths.client(self.plan.name)
-        reg = Registry(redis.Redis.from_url(self.redis_url()))
+        reg = self.registry()
         held = {i.name for i in ctr.images()}
         try:
             archives = lab_images.build_reference()
@@ -442,7 +585,7 @@ class Stack:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        app = client(self.redis_url())
+        app = client(self.redis_url(), sentinel=self.sentinel_config())
 
         def answers(task: str, queue: str) -> Callable[[], bool]:
             def check() -> bool:

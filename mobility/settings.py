@@ -22,6 +22,13 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     redis_url: SecretStr = SecretStr(DEV_REDIS_URL)
+    # Redis Sentinel (mobility.store.connecting): the sentinels ("host:port", a JSON list in
+    # the environment) and the master's name; empty: redis_url's server, as it is. With
+    # sentinels, redis_url gives only the user, password and database; the master is the one
+    # the sentinels name. The sentinels' own password (requirepass), if they have one.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str = "mobility"
+    redis_sentinel_password: SecretStr = SecretStr("")
     # Where instances run: the local lab, or Kubernetes through KubeFed or Karmada.
     backend: Literal["lab", "kubefed", "karmada"] = "lab"
     kubeconfig: str | None = None  # the host (KubeFed) or Karmada API server; None: ~/.kube/config

@@ -22,6 +22,7 @@ from celery.signals import (
 from mobility import keys
 from mobility.logs import bind_move, configure_logging, current_move, is_move_id, unbind_move
 from mobility.settings import get_settings
+from mobility.store.connecting import SentinelConfig, celery_conf
 from workers.routing import ORCHESTRATION
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ VISIBILITY_TIMEOUT_S = 3600
 POLICY_TICK_S = 2.0
 
 
-def configure(app: Celery, url: str) -> None:
+def configure(app: Celery, url: str, *, sentinel: SentinelConfig | None = None) -> None:
+    """``url``'s broker, backend and beat schedule; through ``sentinel`` when given."""
     app.conf.update(
         broker_url=url,
         result_backend=url,
@@ -53,7 +55,10 @@ def configure(app: Celery, url: str) -> None:
         # worker died unacked. A redelivered phase finds the move's lease held by the live
         # worker (it stops) or the phase done (it skips); a dead worker's move is the reaper's.
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        worker_send_task_events=False,
+        # task events (msgpack, as everything else) for Flower and `celery events`; senders
+        # announce "task-sent" too, so a task is seen from the moment it is queued
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         beat_schedule={
             # a tick nobody ran in time is dropped: the next one does its work
             "reap-moves": {"task": "moves.reap", "schedule": REAP_EVERY_S,
@@ -72,17 +77,21 @@ def configure(app: Celery, url: str) -> None:
         include=["workers.moves", "workers.deploying", "workers.node", "workers.clusters",
                  "workers.automation", "workers.images", "workers.notifying"],
     )
+    if sentinel is not None:  # Redis Sentinel: kombu's and Celery's sentinel:// transports
+        app.conf.update(celery_conf(url, sentinel, transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_S}))
 
 
 class MobilityCelery(Celery):  # type: ignore[misc]
     def on_configure(self) -> None:
-        configure(self, get_settings().redis_url.get_secret_value())
+        configure(self, get_settings().redis_url.get_secret_value(),
+                  sentinel=SentinelConfig.from_settings())
 
 
-def client(url: str) -> Celery:
+def client(url: str, *, sentinel: SentinelConfig | None = None) -> Celery:
     """A separate app bound to ``url``, for tools that send tasks by name (CLI, tests)."""
     c = Celery("service-mobility-client", set_as_current=False)
-    configure(c, url)
+    configure(c, url, sentinel=sentinel)
     return c
 
 

@@ -18,11 +18,10 @@ and writes its move in one step. Records are msgpack blobs under keys from
 
 from __future__ import annotations
 
-import redis
-
 from mobility.store.automation import AutomationStore, RebalanceRun
 from mobility.store.base import StoreBase
 from mobility.store.chains import ChainStore
+from mobility.store.connecting import SentinelConfig, connect
 from mobility.store.credentials import CredentialStore
 from mobility.store.fleet import FleetStore
 from mobility.store.identities import IdentityStore
@@ -45,5 +44,7 @@ class Registry(IdentityStore,  # first: its allocations check the counters after
     """The whole registry over one Redis connection."""
 
     @classmethod
-    def from_url(cls, url: str) -> Registry:
-        return cls(redis.Redis.from_url(url, socket_timeout=10, health_check_interval=30))
+    def from_url(cls, url: str, *, sentinel: SentinelConfig | None = None) -> Registry:
+        """``url``'s user on the master: through ``sentinel``, or the settings' sentinels,
+        or (none set) directly (:mod:`mobility.store.connecting`)."""
+        return cls(connect(url, sentinel=sentinel or SentinelConfig.from_settings()))
