@@ -53,8 +53,10 @@ def users_for(nodes: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
 
 def write(out: Path, nodes: Sequence[tuple[str, str]], *, host: str = "redis",
           agent_host: str = "127.0.0.1", state_host: str | None = None,
-          port: int = 6379) -> dict[str, Path]:
-    """Write every file (see the module's doc); the env file of each user."""
+          port: int = 6379, agent_port: int | None = None) -> dict[str, Path]:
+    """Write every file (see the module's doc); the env file of each user. ``agent_port``:
+    the port Redis is published on where the agents, the state agents and a person's
+    commands reach it (``agent_host``, ``state_host``), when not ``port``."""
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     (out / "passwords").mkdir(mode=0o700, exist_ok=True)
     (out / "redis").mkdir(mode=0o755, exist_ok=True)
@@ -78,23 +80,29 @@ def write(out: Path, nodes: Sequence[tuple[str, str]], *, host: str = "redis",
         "",
     ]), 0o644)
 
-    def url(user: str, where: str) -> str:
-        return acl.with_credentials(f"redis://{where}:{port}/0", user, passwords[user])
+    def url(user: str, where: str, at: int = port) -> str:
+        return acl.with_credentials(f"redis://{where}:{at}/0", user, passwords[user])
+
+    outside = agent_port or port
 
     envs = {}
     for user in users:
         if user in (acl.ADMIN, acl.STATE):
             continue
-        where = agent_host if user.startswith(acl.AGENT_PREFIX) else host
-        lines = [f"MOBILITY_REDIS_URL={url(user, where)}"]
+        agent = user.startswith(acl.AGENT_PREFIX)
+        mine = url(user, agent_host, outside) if agent else url(user, host)
+        lines = [f"MOBILITY_REDIS_URL={mine}"]
         if user == acl.ORCHESTRATOR:
-            lines.append(f"MOBILITY_STATE_REDIS_URL={url(acl.STATE, state_host or host)}")
+            state = (url(acl.STATE, state_host, outside) if state_host
+                     else url(acl.STATE, host))
+            lines.append(f"MOBILITY_STATE_REDIS_URL={state}")
         if user in (acl.API, acl.ORCHESTRATOR):
             lines.append(f"MOBILITY_CREDENTIALS_KEY={cred_key}")
         envs[user] = out / f"{user}.env"
         _write(envs[user], "\n".join(lines) + "\n", 0o600)
     envs[acl.ADMIN] = out / f"{acl.ADMIN}.env"  # for a person's `mobility` commands
-    _write(envs[acl.ADMIN], f"MOBILITY_REDIS_URL={url(acl.ADMIN, agent_host)}\n", 0o600)
+    _write(envs[acl.ADMIN], f"MOBILITY_REDIS_URL={url(acl.ADMIN, agent_host, outside)}\n",
+           0o600)
     return envs
 
 
@@ -107,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="redis", help="Redis as the containers reach it")
     parser.add_argument("--agent-host", default="127.0.0.1",
                         help="Redis as the agents (host network) reach it")
+    parser.add_argument("--agent-port", type=int, default=None,
+                        help="the port Redis is published on for them (default: 6379)")
     parser.add_argument("--state-host", default=None,
                         help="Redis as the applications' state agents reach it")
     args = parser.parse_args(argv)
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--node {spec!r}: use CLUSTER/NODE")
         nodes.append((cluster, node))
     envs = write(args.out, nodes, host=args.host, agent_host=args.agent_host,
-                 state_host=args.state_host)
+                 state_host=args.state_host, agent_port=args.agent_port)
     for user, path in sorted(envs.items()):
         print(f"{user}: {path}")
     return 0

@@ -4,11 +4,14 @@ Aspects: the five roles are there (redis, api, orchestrator, beat, dataplane age
 command's executable is a console script of the installed environment; every Celery app and
 ASGI factory it names imports and has the attribute; the orchestrator and every dataplane agent
 run a Celery worker, each with -Q naming the queue the code routes to (the orchestration queue,
-the agent's own node queue); the dataplane agent is privileged on the host network; Redis reads
-its configuration from a mounted file (no password on its command line); every component gets
-its own Redis user's URL as a compose secret named by MOBILITY_ENV_FILE, never in its
-environment; the secrets generator writes every file compose names (env files 0600, the ACL
-with digests only, the append-only file on) and keeps the passwords when run again.
+the agent's own node queue); the dataplane agent has every capability but CAP_SYS_RESOURCE, the
+host network and PID namespace, and enters its own node's network namespace; no image names a
+registry (both are built locally, tagged by the site tool); Redis reads its configuration from
+a mounted file (no password on its command line); every component gets its own Redis user's
+URL as a compose secret named by MOBILITY_ENV_FILE, never in its environment; the secrets
+generator writes every file compose names (env files 0600, the ACL with digests only, the
+append-only file on; agents and state agents at the published address and port) and keeps the
+passwords when run again.
 """
 
 from __future__ import annotations
@@ -45,7 +48,19 @@ def test_every_role_is_present() -> None:
     assert agents, "at least one dataplane agent"
     for n in agents:
         svc = services()[n]
-        assert svc["privileged"] is True and svc["network_mode"] == "host"
+        assert svc["network_mode"] == "host" and svc["pid"] == "host"
+        assert svc["cap_add"] == ["ALL"] and svc["cap_drop"] == ["SYS_RESOURCE"]
+        cluster, node = str(svc["environment"]["MOBILITY_NODE"]).split("/")  # type: ignore[index]
+        assert svc["entrypoint"] == [
+            "nsenter", f"--net=/run/netns/${{MOBILITY_LAB_NAME:-smlab}}-{cluster}-{node}"]
+        assert "/run/netns:/run/netns:rshared" in svc["volumes"]  # type: ignore[operator]
+
+
+def test_images_are_local() -> None:
+    for name, svc in services().items():
+        image = str(svc["image"])
+        assert image.split(":")[0] in ("service-mobility", "service-mobility-redis"), name
+        assert "${MOBILITY_" in image, f"{name}: its tag is the site tool's"
 
 
 def test_commands_name_existing_entry_points() -> None:
@@ -96,8 +111,8 @@ def test_redis_reads_its_config_from_a_file_never_argv() -> None:
     command = command_of(redis_svc)
     assert command[0] == "redis-server" and len(command) == 2, command
     conf_dir = str(Path(command[1]).parent)
-    mounts = [str(v).split(":") for v in redis_svc["volumes"]]  # type: ignore[attr-defined]
-    assert ["./secrets/redis", conf_dir, "ro"] in mounts
+    mounts = [str(v).rsplit(":", 2) for v in redis_svc["volumes"]]  # type: ignore[attr-defined]
+    assert ["${MOBILITY_SECRETS:-./secrets}/redis", conf_dir, "ro"] in mounts
     assert "requirepass" not in str(redis_svc) and "PASSWORD" not in str(redis_svc)
 
 
@@ -118,7 +133,7 @@ def test_each_component_gets_its_own_user_as_a_secret_not_in_its_environment() -
         user = component_user(name, svc)
         assert svc["secrets"] == [f"{user}.env"], name
         assert env["MOBILITY_ENV_FILE"] == f"/run/secrets/{user}.env"
-        assert declared[f"{user}.env"] == {"file": f"./secrets/{user}.env"}
+        assert declared[f"{user}.env"] == {"file": f"${{MOBILITY_SECRETS:-./secrets}}/{user}.env"}
         command = command_of(svc)
         if "worker" in command:  # its -n is what its user's remote-control queue allows
             worker = command[command.index("-n") + 1]
@@ -130,11 +145,12 @@ def test_each_component_gets_its_own_user_as_a_secret_not_in_its_environment() -
 def test_the_secrets_generator_writes_what_compose_reads(tmp_path: Path) -> None:
     nodes = [tuple(str(s["environment"]["MOBILITY_NODE"]).split("/"))  # type: ignore[index]
              for n, s in services().items() if n.startswith("dataplane-")]
-    envs = redis_secrets.write(tmp_path, nodes)  # type: ignore[arg-type]
+    envs = redis_secrets.write(tmp_path, nodes, agent_host="198.18.255.253",  # type: ignore[arg-type]
+                               state_host="198.18.255.253", agent_port=6400)
     passwords = {p.name: p.read_text().strip() for p in (tmp_path / "passwords").iterdir()
                  if p.name != "default.digest"}  # a digest, and in users.acl by design
     for spec in COMPOSE["secrets"].values():
-        path = tmp_path / Path(spec["file"]).relative_to("secrets")
+        path = tmp_path / Path(spec["file"]).relative_to("${MOBILITY_SECRETS:-./secrets}")
         assert path.exists() and path.stat().st_mode & 0o777 == 0o600, path
     conf = (tmp_path / "redis" / "redis.conf").read_text().splitlines()
     command = command_of(services()["redis"])
@@ -146,7 +162,11 @@ def test_the_secrets_generator_writes_what_compose_reads(tmp_path: Path) -> None
         assert not any(pw in text for pw in passwords.values())
     agent = acl.agent_user(*nodes[0])
     assert f"redis://{agent}:" in envs[agent].read_text()
+    assert "@198.18.255.253:6400/0" in envs[agent].read_text()  # published, for the nodes
+    assert "mob-state:" in envs[acl.ORCHESTRATOR].read_text()
+    assert "@198.18.255.253:6400/0" in envs[acl.ORCHESTRATOR].read_text()
     assert "@redis:6379/0" in envs[acl.API].read_text()
     assert "MOBILITY_STATE_REDIS_URL=redis://mob-state:" in envs[acl.ORCHESTRATOR].read_text()
-    again = redis_secrets.write(tmp_path, nodes)  # type: ignore[arg-type]
+    again = redis_secrets.write(tmp_path, nodes, agent_host="198.18.255.253",  # type: ignore[arg-type]
+                                state_host="198.18.255.253", agent_port=6400)
     assert again[acl.API].read_text() == envs[acl.API].read_text()  # passwords kept
