@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -153,6 +154,25 @@ def stack_down(as_json: JsonOpt = False) -> None:
     lab_down(as_json)
 
 
+def _report_probe(stack: Stack, summary: dict[str, Any]) -> None:
+    """What the demo's probe saw goes to ``mobility_probe_requests_total`` (GET /metrics),
+    once per move; a registry that cannot take it costs the demo nothing."""
+    from redis.exceptions import RedisError
+
+    from mobility.store import Registry
+    from mobility.store.metrics import MetricStore
+
+    try:
+        reg = Registry.from_url(stack.redis_url())
+        MetricStore(reg.r).report_probe(str(summary["move_id"]),
+                                        sent=int(summary["probes_sent"]),
+                                        lost=int(summary["probes_lost"]),
+                                        duplicated=int(summary["probes_duplicated"] or 0))
+        reg.r.close()
+    except RedisError as exc:
+        logging.getLogger(__name__).warning("the probe's figures were not recorded: %s", exc)
+
+
 @app.command("demo")
 def demo(
     as_json: JsonOpt = False,
@@ -216,6 +236,7 @@ def demo(
     except (StackError, demo_mod.DemoError, httpx.HTTPError) as exc:
         err.print(f"[red]demo failed:[/] {exc}")
         raise typer.Exit(1) from exc
+    _report_probe(stack, summary)
     ok = (summary["status"] == "succeeded" and summary["probes_lost"] == 0
           and summary.get("counters_ok", True))
     if as_json:

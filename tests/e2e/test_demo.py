@@ -2,7 +2,8 @@
 
 Aspects: the command reuses the running control plane, moves the echo service core -> edge
 under the 1,000 req/s probe, exits 0 and prints one JSON summary with every promised key, a
-succeeded move, all six phases and 0 requests lost or duplicated; ``--chain --move`` moves a
+succeeded move, all six phases and 0 requests lost or duplicated, and what its probe saw on
+``GET /metrics``; ``--chain --move`` moves a
 middlebox of a chain across clusters; ``--stateful`` moves the session service with its state
 and every counter continuing; the chain CLI without a token is refused (401), with one it works.
 """
@@ -51,6 +52,12 @@ def test_demo_json(lab_stack: Stack, tmp_path: Path) -> None:
     assert summary["probes_sent"] > 1000
     assert summary["probes_lost"] == 0 and summary["probes_duplicated"] == 0
     assert summary["total_ms"] > 0
+    # what the probe saw is on GET /metrics (the demo reports it, once per move)
+    with lab_stack.api_client() as api:
+        text = api.get("/metrics").text
+    sent = [float(line.split()[-1]) for line in text.splitlines()
+            if line.startswith('mobility_probe_requests_total{result="sent"}')]
+    assert sent and sent[0] >= summary["probes_sent"], text[-2000:]
 
 
 def test_demo_chain_moves_a_middlebox(lab_stack: Stack, tmp_path: Path) -> None:
