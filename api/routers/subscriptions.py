@@ -33,6 +33,7 @@ class SubscriptionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: Annotated[str, Field(min_length=1, max_length=subs.MAX_URL_CHARS,
+                              pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[!-~]+$",
                               examples=["https://app.example.com/mobility-events"])]
     events: Annotated[list[EventType], Field(min_length=1, max_length=len(subs.EVENTS))]
     service: Name | None = Field(default=None, description="only this service's moves")

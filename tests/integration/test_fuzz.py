@@ -61,6 +61,8 @@ REFUSES_VALID = {
     "PUT /v1/rebalance/config": "a maintenance window ends after it starts",
     "PUT /v1/rebalance/schedule": "a cron field's value is in its range (minute 0-59...)",
     "POST /v1/images": "the body is a tar archive of an image (a string in the schema)",
+    "POST /v1/subscriptions": "a URL's host resolves to public addresses only (no userinfo, "
+                              "no numeric tricks) unless an admin allows it",
 }
 
 CLUSTERS = ("core", "edge")
