@@ -44,6 +44,8 @@ QUEUES_TTL_S = 10.0  # how long the list of node queues is reused (clusters chan
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                      10.0)
 UNMATCHED = "unmatched"  # the route label of a request no route took (a 404)
+# a label per method a client may send would let anyone grow the histogram without bound
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 def _go(value: float) -> str:
@@ -164,7 +166,8 @@ class RequestTimer:
             observed[0] = True
             route = scope.get("route")
             template = str(getattr(route, "path", UNMATCHED))
-            self.histogram.labels(scope["method"], template, code[0]).observe(
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.histogram.labels(method, template, code[0]).observe(
                 time.perf_counter() - start)
 
         async def timed_send(message: Message) -> None:

@@ -137,8 +137,11 @@ class Dockerd:
 
     def env(self) -> dict[str, str]:
         """The clients' environment: this daemon, and a config dir of its own (the host's
-        ~/.docker may name credential helpers that call out)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        ~/.docker may name credential helpers that call out). No ``MOBILITY_*`` of the
+        caller's: docker-compose would let them override the site's own values, and a secret
+        among them would reach dockerd."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("DOCKER_", "MOBILITY_", "COMPOSE_"))}
         env.update(DOCKER_HOST=f"unix://{self.socket}", DOCKER_CONFIG=str(self.home / "config"),
                    COMPOSE_INTERACTIVE_NO_CLI="1")
         return env

@@ -116,6 +116,14 @@ def redis_server() -> Iterator[RedisServer]:
 # The demo lab keeps 198.18.0.0/16, so both can be up at once. MOBILITY_TEST_UNDERLAY picks
 # another /16 of 198.18.0.0/15, so two test runs (a developer's and a fresh clone's) can too.
 TEST_UNDERLAY = os.environ.get("MOBILITY_TEST_UNDERLAY", "198.19.0.0/16")
+# A lab a test brings up beside the session's (a stack in Sentinel mode, a compose site) needs
+# a /16 of its own: two labs on one /16 share the host's route and address for it, and the
+# second one's teardown cuts the first one's nodes off from Redis. The other /16 of
+# 198.18.0.0/15 (the demo lab's, when the tests run on 198.19.0.0/16: such a test and the
+# demo lab cannot run at once), or MOBILITY_TEST_UNDERLAY2.
+SECOND_UNDERLAY = os.environ.get(
+    "MOBILITY_TEST_UNDERLAY2",
+    "198.18.0.0/16" if TEST_UNDERLAY != "198.18.0.0/16" else "198.19.0.0/16")
 STATE_TTL_S = 2  # a move's state keys live this long after it ends, in the test stack
 
 

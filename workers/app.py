@@ -142,6 +142,20 @@ def _carry_move(headers: dict[str, Any] | None = None, **_: Any) -> None:
         headers.setdefault("move_id", move_id)
 
 
+def _index_nodes() -> None:
+    """A registry from before the per-node index gets it now, so the node agents stop reading
+    every service each second before the first service write would build it."""
+    from mobility.store import Registry
+
+    try:
+        reg = Registry.from_url(get_settings().redis_url.get_secret_value())
+        if reg.ensure_node_index():
+            log.info("built the per-node index of the registry")
+        reg.r.close()
+    except Exception:  # the agents scan meanwhile: slower, never wrong
+        log.warning("could not build the per-node index", exc_info=True)
+
+
 @worker_ready.connect
 def _reap_on_start(sender: Any = None, **_: Any) -> None:
     """A restarted orchestration worker first looks for moves its predecessor left behind."""
@@ -149,6 +163,7 @@ def _reap_on_start(sender: Any = None, **_: Any) -> None:
         return  # a node agent: the reaper is the orchestrator's (agents may not send it)
     queues = {q.name for q in sender.app.amqp.queues.values()}
     if ORCHESTRATION in queues:
+        _index_nodes()
         sender.app.send_task("moves.reap", queue=ORCHESTRATION, expires=60)
         # and once more when a killed predecessor's lease has run out, so its move is taken
         # over even while beat (the periodic reaper) is down too

@@ -122,13 +122,6 @@ def connect(url: str, *, sentinel: SentinelConfig | None = None,
     return client
 
 
-def from_settings(url: str | None = None, **kwargs: float | int | None) -> redis.Redis:
-    """The client a component uses: its settings' URL (or ``url``) and sentinels."""
-    s = get_settings()
-    return connect(url or s.redis_url.get_secret_value(), sentinel=SentinelConfig.from_settings(s),
-                   **kwargs)  # type: ignore[arg-type]
-
-
 def celery_conf(url: str, sentinel: SentinelConfig, *,
                 transport_options: dict[str, object]) -> dict[str, object]:
     """Celery settings for the broker (kombu's ``sentinel://`` transport), the result backend

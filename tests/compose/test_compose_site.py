@@ -27,7 +27,7 @@ import pytest
 from cli import compose_site
 from cli.client import ApiClient
 from cli.compose_site import Site
-from tests.conftest import TEST_UNDERLAY, free_port, require_root, unique_prefix
+from tests.conftest import SECOND_UNDERLAY, free_port, require_root, unique_prefix
 
 pytestmark = pytest.mark.timeout(1500)  # a first run builds the images (minutes on 2 cores)
 
@@ -39,7 +39,7 @@ def site() -> Iterator[Site]:
         if not Path(tool).exists():
             pytest.fail(f"{tool} is missing: scripts/setup.sh installs docker.io and "
                         "docker-compose")
-    s = Site(plan=compose_site.site_plan(unique_prefix("smc"), TEST_UNDERLAY),
+    s = Site(plan=compose_site.site_plan(unique_prefix("smc"), SECOND_UNDERLAY),
              redis_port=free_port(), api_port=free_port())
     started = time.monotonic()
     try:

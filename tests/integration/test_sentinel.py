@@ -28,7 +28,7 @@ from cli.stack import Stack
 from dataplane.lab import topology
 from mobility import tokens
 from mobility.tokens import Role
-from tests.conftest import STATE_TTL_S, TEST_UNDERLAY, free_port, require_root, unique_prefix
+from tests.conftest import SECOND_UNDERLAY, STATE_TTL_S, free_port, require_root, unique_prefix
 from tests.integration.test_moves import Pair, wait_event, wait_terminal
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,7 +40,7 @@ def sentinel_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     torn down at the end, leaving no namespace, link or process of the lab."""
     require_root()
     name = unique_prefix("sms")
-    plan = topology.plan(topology.load_config(name=name, underlay=TEST_UNDERLAY))
+    plan = topology.plan(topology.load_config(name=name, underlay=SECOND_UNDERLAY))
     stack = Stack(plan=plan, redis_port=free_port(), api_port=free_port(), fault_injection=True,
                   env_file=str(tmp_path_factory.mktemp("sentinel") / "stack.env"),
                   extra_env={"MOBILITY_STATE_TTL_S": str(STATE_TTL_S)},
