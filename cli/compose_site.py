@@ -153,9 +153,12 @@ class Dockerd:
     def pid(self) -> int | None:
         try:
             pid = int(self.pidfile.read_text().strip())
-        except (FileNotFoundError, ValueError):
+            # this site's dockerd, not a process that took a stale pidfile's PID
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        ours = Path(cmdline[0].decode()).name == "dockerd" and str(self.pidfile).encode() in cmdline
+        return pid if ours and _pid_alive(pid) else None
 
     def answers(self) -> bool:
         proc = subprocess.run([DOCKER, "version", "--format", "{{.Server.Version}}"],
