@@ -79,7 +79,7 @@ class RedisCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            snap = self.store.snapshot(self.queues())
+            snap = self.store.snapshot(self.queues(), prioritised=(ORCHESTRATION,))
         except RedisError as exc:  # a scrape says so instead of failing as a 500
             log.warning("metrics: Redis unreachable: %s", exc)
             up = GaugeMetricFamily("mobility_registry_up", "Whether Redis answered this scrape")

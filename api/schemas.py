@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from mobility import keys
+from mobility import freeze_budget, keys
 from mobility.models import Cluster, ContainerSpec, Instance, Move, PathHealth, Service
 from mobility.operations import Operation
 
@@ -27,6 +27,17 @@ class MoveRequest(BaseModel):
     strategy: Literal["precopy", "stop-and-copy"] = "precopy"
     faults: list[str] = Field(default_factory=list, max_length=6,
                               description="phases to fail on purpose (fault injection only)")
+    max_freeze_ms: float | None = Field(
+        default=None, gt=0, le=freeze_budget.MAX_FREEZE_MS_MAX, allow_inf_nan=False,
+        description="the downtime budget: the longest freeze window allowed. SYNC predicts "
+                    "the freeze from the pre-copy rounds; while it would exceed this, the move "
+                    "waits (more rounds) up to deadline_s, then rolls back before freezing. "
+                    "precopy only; a stateless service never freezes, so it is always met")
+    deadline_s: float | None = Field(
+        default=None, ge=0, le=freeze_budget.DEADLINE_S_MAX, allow_inf_nan=False,
+        description="how long SYNC may wait for the predicted freeze to fit max_freeze_ms "
+                    f"(0: not at all; default {freeze_budget.DEADLINE_S_DEFAULT:g} s with a "
+                    "budget; needs max_freeze_ms)")
 
 
 class OperationOut(BaseModel):
@@ -145,6 +156,15 @@ class MoveOut(BaseModel):
     precopy_rounds: int
     state_bytes: int
     freeze_ms: float | None
+    max_freeze_ms: float | None = Field(default=None, description="the downtime budget asked for")
+    deadline_s: float | None = Field(
+        default=None, description="how long SYNC may wait for the budget to fit")
+    predicted_freeze_ms: float | None = Field(
+        default=None, description="SYNC's last prediction of the freeze window (stateful "
+                                  "precopy moves), to set beside freeze_ms")
+    cutover_ms: float | None = Field(default=None, description=(
+        "ms from the API call until CUTOVER switched the peers (the client's traffic goes to "
+        "the target from then on); total_ms adds the clean-up after it"))
     links: dict[str, str]
 
     @classmethod
@@ -161,6 +181,9 @@ class MoveOut(BaseModel):
             error=m.error, origin=m.origin, policy_id=m.policy_id, trigger=m.trigger,
             strategy=m.strategy, stateful=m.stateful,
             precopy_rounds=m.sync_rounds, state_bytes=m.state_bytes, freeze_ms=m.freeze_ms,
+            max_freeze_ms=m.max_freeze_ms, deadline_s=m.deadline_s,
+            predicted_freeze_ms=m.predicted_freeze_ms,
+            cutover_ms=m.cutover_ms,
             links={"self": f"/v1/moves/{m.id}", "events": f"/v1/moves/{m.id}/events"},
         )
 

@@ -9,11 +9,21 @@ service core -> edge -> core ... through the HTTP API, and prints one JSON objec
 - ``total_ms`` and ``phase_ms``: distributions over the succeeded moves (``samples``, ``p50``,
   ``p95``, ``max``; ``p95_is_max`` is true below 20 samples, where the nearest-rank p95 *is*
   the slowest move: take ``--moves 20`` or more for a p95 that is not the maximum);
+- ``cutover_ms``: from the API call to the moment CUTOVER switched the client's traffic to
+  the target (the move's own ``cutover_ms``): what the client waits for, apart from the
+  clean-up after it, which ``total_ms`` includes (``after_cutover_ms``: that clean-up,
+  ``total_ms - cutover_ms``: the switched move's RELEASE and completion);
+- ``timeline_ms``: when, from the API call, each phase started and ended (from the move's
+  events), and ``between_phases_ms``: the time before the switch spent in no phase (the first
+  task's wait in the queue, and each phase's bookkeeping between two: the phases up to
+  CUTOVER run in one task, no queue hop between them);
 - ``probes_sent``, ``probes_lost``, ``probes_duplicated``, ``probe_max_gap_ms``: what the
   client saw over the whole run;
-- the same-run baseline of PLACE, ``container_start_ms``: the echo reference container
+- the same-run floor under the switch, ``container_start_ms``: the echo reference container
   started alone in a scratch namespace, until containerd returns (``run``) and until it
-  serves (``ready``), and ``place_over_container_ready``;
+  serves (``ready``), and ``cutover_over_container_ready``: the p50 ``cutover_ms`` over the
+  p50 ``ready`` (the target's container starts in PLACE while WIRE makes its links; WIRE
+  ends once it serves, so PLACE alone no longer holds the start);
 - the same-run baseline ``celery_roundtrip_ms``: the round trip of a no-op task through the
   same broker to the orchestrator, measured before and after the moves (the floor under each
   of the move's Celery hops on this machine at that moment), and ``total_over_roundtrip``,
@@ -64,11 +74,15 @@ def run(stack: Stack, *, moves: int, rate: float) -> int:
     roundtrip_before = labs.celery_roundtrip_ms(stack.redis_url())
     starts = labs.container_start_ms(stack)
     totals: list[float] = []
+    cutovers: list[float] = []
+    cleanups: list[float] = []
     phases: dict[str, list[float]] = {}
+    timeline: dict[str, list[float]] = {}
+    between: list[float] = []
     statuses: list[str] = []
     errors: list[dict[str, Any]] = []
     # replies the probe must get between two moves: the service answers from where it landed
-    between = max(1, int(rate * 0.3))
+    settle = max(1, int(rate * 0.3))
     with stack.api_client(timeout=120) as api:
         for name in (CLIENT, ECHO):
             if api.get(f"/v1/services/{name}").status_code == 200:
@@ -89,7 +103,8 @@ def run(stack: Stack, *, moves: int, rate: float) -> int:
             r = api.post("/v1/moves", json={"service": ECHO, "to_cluster": to})
             r.raise_for_status()
             move_id = r.json()["id"]
-            follow_events(api, move_id, lambda _e: None)
+            events: list[dict[str, Any]] = []
+            follow_events(api, move_id, events.append)
             move: dict[str, Any] = api.get(f"/v1/moves/{move_id}").json()
             statuses.append(move["status"])
             if move["status"] != "succeeded":
@@ -98,11 +113,18 @@ def run(stack: Stack, *, moves: int, rate: float) -> int:
                                "error": move["error"]})
                 continue
             totals.append(float(move["total_ms"]))
+            if move.get("cutover_ms") is not None:
+                cutovers.append(float(move["cutover_ms"]))
+                cleanups.append(float(move["total_ms"]) - float(move["cutover_ms"]))
+            marks, idle = _timeline(move, events)
+            for mark, ms in marks.items():
+                timeline.setdefault(mark, []).append(ms)
+            between.append(idle)
             for phase, ms in move["phase_ms"].items():
                 phases.setdefault(phase, []).append(float(ms))
             # let the probe run on the settled path before the next move (and before the end)
             got = int(labs.read_counters(progress).get("received", 0))
-            if not labs.wait_counter(progress, key="received", at_least=got + between,
+            if not labs.wait_counter(progress, key="received", at_least=got + settle,
                                      timeout=10):
                 log.error("the probe got no replies for 10 s after move %s", move_id)
         api.delete(f"/v1/services/{CLIENT}").raise_for_status()
@@ -117,7 +139,11 @@ def run(stack: Stack, *, moves: int, rate: float) -> int:
         "failed": len(statuses) - succeeded,
         "errors": errors,
         "total_ms": distribution(totals),
+        "cutover_ms": distribution(cutovers),
+        "after_cutover_ms": distribution(cleanups),
         "phase_ms": {p: distribution(v) for p, v in phases.items()},
+        "timeline_ms": {m: nearest_rank(v, 50) for m, v in timeline.items()},
+        "between_phases_ms": distribution(between),
         "probe_rate": rate,
         "probes_sent": probe["sent"],
         "probes_lost": probe["lost"],
@@ -131,14 +157,37 @@ def run(stack: Stack, *, moves: int, rate: float) -> int:
         },
         "total_over_roundtrip": (round(nearest_rank(totals, 50) / roundtrip, 1)
                                  if totals and roundtrip else None),
-        # PLACE's floor: a pod's container started (run) and serving (ready), alone
+        # the switch's floor: a pod's container started (run) and serving (ready), alone
         "container_start_ms": {k: distribution(v) for k, v in starts.items()},
-        "place_over_container_ready": (
-            round(nearest_rank(phases["place"], 50) / nearest_rank(starts["ready"], 50), 2)
-            if phases.get("place") else None),
+        "cutover_over_container_ready": (
+            round(nearest_rank(cutovers, 50) / nearest_rank(starts["ready"], 50), 2)
+            if cutovers else None),
     }))
     ok = succeeded == len(statuses) and int(probe["lost"]) == 0
     return 0 if ok else 1
+
+
+def _timeline(move: dict[str, Any], events: list[dict[str, Any]]) -> tuple[dict[str, float],
+                                                                          float]:
+    """``<phase>_started``/``<phase>_ended`` -> ms after the API call, and the ms before the
+    switch spent outside every phase (from the API call to the first phase, and between one
+    phase's end and the next one's start)."""
+    t0 = float(move["created_at"])
+    marks: dict[str, float] = {}
+    for e in events:
+        if e["kind"] in ("phase_started", "phase_ended") and e.get("phase"):
+            key = f"{e['phase']}_{e['kind'].removeprefix('phase_')}"
+            marks.setdefault(key, round((float(e["ts"]) - t0) * 1000, 1))
+    idle, last_end = 0.0, 0.0
+    for e in events:
+        ms = (float(e["ts"]) - t0) * 1000
+        if e["kind"] == "phase_started":
+            idle += max(0.0, ms - last_end)
+            if e.get("phase") == "cutover":
+                break
+        elif e["kind"] == "phase_ended":
+            last_end = ms
+    return marks, round(idle, 1)
 
 
 if __name__ == "__main__":

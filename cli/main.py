@@ -337,10 +337,19 @@ def move(
     service: str, to_cluster: str,
     wait: Annotated[bool, typer.Option(help="wait for the move to end")] = True,
     as_json: JsonOpt = False,
+    max_freeze_ms: Annotated[float | None, typer.Option(
+        help="downtime budget: roll back before freezing if the freeze would be longer")] = None,
+    deadline_s: Annotated[float | None, typer.Option(
+        help="how long to wait for the freeze to fit --max-freeze-ms (default 30)")] = None,
 ) -> None:
     """Ask the API to move SERVICE to TO_CLUSTER."""
+    body: dict[str, object] = {"service": service, "to_cluster": to_cluster}
+    if max_freeze_ms is not None:
+        body["max_freeze_ms"] = max_freeze_ms
+    if deadline_s is not None:
+        body["deadline_s"] = deadline_s
     with api_client(timeout=60) as api:
-        resp = api.post("/v1/moves", json={"service": service, "to_cluster": to_cluster})
+        resp = api.post("/v1/moves", json=body)
         if resp.status_code >= 400:
             fail(resp)
         m = resp.json()

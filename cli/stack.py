@@ -537,9 +537,14 @@ class Stack:
                         MOBILITY_NODE=f"{n.cluster}/{n.name}"))
 
     def ensure_orchestrator(self) -> None:
+        """The orchestration worker: a pool of threads (``orchestrator_threads``), since a phase
+        mostly waits (on a node's answer, on state flowing between two agents) and holds its
+        thread meanwhile; with prefetch one per thread, a task is taken only by a free one."""
+        threads = int(self.extra_env.get("MOBILITY_ORCHESTRATOR_THREADS",
+                                         get_settings().orchestrator_threads))
         self._spawn("orchestrator", [
             sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ORCHESTRATION,
-            "-P", "threads", "-c", "8", "-n", f"orchestrator@{self.plan.name}",
+            "-P", "threads", "-c", str(threads), "-n", f"orchestrator@{self.plan.name}",
             "--without-gossip", "--without-mingle", "-l", "INFO",
         ], self.env(acl.ORCHESTRATOR))
 

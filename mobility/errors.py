@@ -10,6 +10,7 @@
     |   +-- LeaseLost                another worker holds the move's lease
     +-- PhaseFailed                  kind "failed"      a phase could not complete
     |   +-- MoveAborted, InjectedFault
+    |   +-- FreezeBudgetExceeded     the freeze would exceed the move's max_freeze_ms
     +-- FederationError              kind "federation"  a backend failed (retryable or not)
         +-- NodeUnavailable          a node's agent did not answer (retryable)
         +-- KubeError                an API server answered with an error status
@@ -74,6 +75,11 @@ class MoveAborted(PhaseFailed):
 
 class InjectedFault(PhaseFailed):
     """A fault injected on purpose (tests and chaos drills only)."""
+
+
+class FreezeBudgetExceeded(PhaseFailed):
+    """The predicted freeze window stayed above the move's ``max_freeze_ms`` until its
+    ``deadline_s``: the move rolls back before freezing (waiting longer cannot help)."""
 
 
 class FederationError(MobilityError):

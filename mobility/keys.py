@@ -165,6 +165,7 @@ KOMBU_BINDING_PERMANENT_PREFIX = "_kombu.binding_permanent."
 KOMBU_BINDING_DEADLINES = "_kombu.binding_deadlines"  # expiring queues' routing tables
 KOMBU_UNACKED = ("unacked", "unacked_index", "unacked_mutex")  # shared by every consumer
 KOMBU_PRIORITY_SEP = "\x06\x16"  # a queue's priority lists are "<queue>\x06\x16<priority>"
+KOMBU_PRIORITY_STEPS = (3, 6, 9)  # the priorities with a list of their own (0 is the queue)
 
 
 def queue_keys(queue: str) -> tuple[str, str]:

@@ -262,6 +262,16 @@ class Move:
     sync_since: int = 0  # the source state version the pre-copy rounds reached
     state_bytes: int = 0
     freeze_ms: float | None = None
+    # From the API call (created_at) to the moment CUTOVER switched the peers: when the
+    # client's traffic goes to the target. What follows (RELEASE) is clean-up off that path.
+    cutover_ms: float | None = None
+    # The downtime budget (mobility.freeze_budget): the longest freeze asked for, how long
+    # SYNC may wait for the prediction to fit it, SYNC's last prediction of the freeze, and
+    # the fixed cost that prediction assumed (later moves learn it from freeze_ms against it).
+    max_freeze_ms: float | None = None
+    deadline_s: float | None = None
+    predicted_freeze_ms: float | None = None
+    freeze_overhead_ms: float | None = None
     # CUTOVER's steps done so far ("delta_shipped", "target_resumed", "switched"): a CUTOVER
     # run again (a retry, a takeover) skips what is done and never re-ships a delta.
     cutover_steps: list[str] = field(default_factory=list)
@@ -300,8 +310,9 @@ class Event:
     """One entry of a move's event stream."""
 
     move_id: str
-    # status, phase_started, phase_ended, precopy_round, final_delta, freeze_window,
-    # cutover_confirmed, compensated, compensation_failed, reaped, fault_paused
+    # status, phase_started, phase_ended, precopy_round, freeze_predicted, freeze_over_budget,
+    # final_delta, freeze_window, cutover_confirmed, compensated, compensation_failed, reaped,
+    # fault_paused
     kind: str
     ts: float
     phase: str | None = None

@@ -16,17 +16,19 @@ import contextlib
 import contextvars
 import logging
 import secrets
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from redis.exceptions import RedisError
 
-from mobility import planning, workloads
+from mobility import freeze_budget, planning, workloads
 from mobility.errors import (
     FederationError,
+    FreezeBudgetExceeded,
     InjectedFault,
     Invalid,
     LeaseLost,
@@ -68,6 +70,14 @@ COMPENSATION_BACKOFF_MAX_S = 60.0
 # The compensations that make the source serve again: never given up.
 SOURCE_SIDE = frozenset({Phase.CUTOVER, Phase.SYNC})
 STRATEGIES = ("precopy", "stop-and-copy")
+# A move waiting for its freeze to fit its budget: the pause between its extra rounds, and
+# the phase hand-over assumed before a move has measured one of its own.
+BUDGET_PAUSE_S = 0.25
+BUDGET_HOP_DEFAULT_S = 0.05
+# The freeze's fixed cost is learnt from the last OVERHEAD_SAMPLES succeeded stateful moves
+# among the newest OVERHEAD_LOOKBACK moves.
+OVERHEAD_SAMPLES = 9
+OVERHEAD_LOOKBACK = 30
 
 
 @dataclass
@@ -126,9 +136,18 @@ class MoveRequests:
     def request_move(self, *, service: str, to_cluster: str, faults: list[str] | None = None,
                      origin: str = "api", strategy: str = "precopy",
                      policy_id: str | None = None,
-                     trigger: dict[str, Any] | None = None) -> Move:
-        """Validate and record a move, taking the service's lock. Raises NotFound/Conflict."""
+                     trigger: dict[str, Any] | None = None,
+                     max_freeze_ms: float | None = None,
+                     deadline_s: float | None = None) -> Move:
+        """Validate and record a move, taking the service's lock. Raises NotFound/Conflict.
+
+        ``max_freeze_ms``: the downtime budget (:mod:`mobility.freeze_budget`); SYNC waits up
+        to ``deadline_s`` (default :data:`~mobility.freeze_budget.DEADLINE_S_DEFAULT`) for its
+        prediction to fit, else the move rolls back before freezing. A stateless service never
+        freezes: its budget is met by construction."""
         faults = list(faults or [])
+        deadline_s = freeze_budget.check_request(max_freeze_ms=max_freeze_ms,
+                                                 deadline_s=deadline_s, strategy=strategy)
         svc = planning.validate_move(
             service=self.registry.get_service(service), service_name=service,
             to_cluster=to_cluster, clusters=self.registry.clusters(),
@@ -140,7 +159,7 @@ class MoveRequests:
                     to_cluster=to_cluster, created_at=time.time(), source=svc.instance,
                     faults=faults, origin=origin, strategy=strategy,
                     stateful=workloads.is_stateful(svc), policy_id=policy_id,
-                    trigger=trigger)
+                    trigger=trigger, max_freeze_ms=max_freeze_ms, deadline_s=deadline_s)
         peers = [link.peer_of(service).service for link in self.registry.links_of(svc)]
         self.registry.create_move(move, peers=peers)
         self.registry.note_move_start(service, move.created_at)
@@ -249,16 +268,24 @@ class Engine:
             log.warning("move %s: %s never released", move.id, fault)
 
     def _admit(self, move: Move, epoch: int) -> None:
-        """Record the plan: which node and pod take the new instance."""
+        """Record the plan: which node and pod take the new instance.
+
+        The load counts the targets of the other moves in flight, and ties are broken by the
+        move's id: moves admitted at the same moment read the same services, and by load and
+        name alone they all chose one node, whose agent then ran every start in turn (50 moves
+        at once: 50 targets on one node, and node calls timing out)."""
         if move.target is not None:
             return
         services = self.registry.services()
         svc = services[move.service]
         cluster = self.registry.clusters()[move.to_cluster]
+        reserved = [m.target for m in self.registry.active_moves()
+                    if m.target is not None and m.id != move.id]
         node = planning.choose_node(
             cluster=cluster,
             avoid=planning.peer_nodes(move.service, self.registry.links_of(svc), services),
-            load=planning.node_load(services.values()),
+            load=planning.node_load(services.values(), reserved=reserved),
+            spread=move.id,
         )
         target = Instance(cluster=cluster.name, node=node.name,
                           pod=f"{move.service}-{self.registry.next_pod_index()}")
@@ -269,58 +296,207 @@ class Engine:
         self.registry.update_move(move.id, plan, epoch=epoch)
         move.target = target
 
-    def _place(self, move: Move, epoch: int) -> None:
-        svc = self._service(move)
-        target = self._target(move)
+    @staticmethod
+    def _target_params(move: Move, svc: Service) -> dict[str, Any]:
         params = dict(svc.params)
         if move.stateful:
             params["restore"] = True  # start empty: the state comes over in SYNC
         if svc.workload in workloads.PAUSABLE:
             params["paused"] = True  # a client sends once its links carry its traffic
-        self.federation.place(instance=target, workload=svc.workload, params=params,
-                              start=True, container=svc.container)
-        self.federation.wait_ready(instance=target, timeout=self.settings.ready_timeout_s)
+        return params
+
+    def _place(self, move: Move, epoch: int) -> None:
+        svc = self._service(move)
+        target = self._target(move)
+        self.federation.place(instance=target, workload=svc.workload,
+                              params=self._target_params(move, svc), start=True,
+                              container=svc.container)
+        if not self.federation.wires_while_starting:
+            self.federation.wait_ready(instance=target, timeout=self.settings.ready_timeout_s)
 
     def _wire(self, move: Move, epoch: int) -> None:
+        """The target's link ends and routes; where the federation allows it
+        (``wires_while_starting``) they are made while the target's container still starts,
+        and WIRE ends once the target serves: the start and the wiring overlap.
+
+        ``start`` (idempotent) before the wait: it waits for the start PLACE left under way,
+        or starts the workload again if that start was lost (its node agent restarted)."""
         svc = self._service(move)
         target = self._target(move)
         for link, peer in self._peers(svc):
             self.wiring.create_end(link=link, service=svc.name, instance=target,
                                    peer_instance=peer)
         self.wiring.set_routes(instance=target, routes=svc.routes)
+        if self.federation.wires_while_starting:
+            self.federation.start(instance=target, workload=svc.workload,
+                                  params=self._target_params(move, svc),
+                                  container=svc.container)
+            self.federation.wait_ready(instance=target, timeout=self.settings.ready_timeout_s)
 
     def _sync(self, move: Move, epoch: int) -> None:
-        """Pre-copy rounds while each round's delta shrinks, up to the round cap.
+        """Pre-copy rounds while each round's delta shrinks, up to the round cap; then the
+        freeze predicted from them, and held to the move's downtime budget.
 
         Nothing for a stateless service, nor for ``stop-and-copy`` (CUTOVER copies it all).
         The orchestrator only sends commands: the state flows from the source's agent through
-        the move's Redis stream to the target's agent.
+        the move's Redis stream to the target's agent. Each round is timed, and a second one
+        always runs (a small state's is tiny): it measures the dirty rate the prediction
+        needs (:mod:`mobility.freeze_budget`, :meth:`_within_budget`).
         """
         if not move.stateful or move.strategy == "stop-and-copy":
             return
         source, target = self._agents(move)
+        rounds: list[freeze_budget.Round] = []
+        since, total = 0, 0
+
+        def one_round(note: str = "") -> int:
+            nonlocal since, total
+            rnd = len(rounds) + 1
+            t0 = time.monotonic()
+            sent = self._round(move, source, target, rnd=rnd, since=since,
+                               corrupt="corrupt:sync" in move.faults and rnd == 1)
+            sent_bytes = int(sent["bytes"])
+            rounds.append(freeze_budget.Round(bytes=sent_bytes, started=t0,
+                                              seconds=time.monotonic() - t0))
+            since, total = int(sent["version"]), total + sent_bytes
+            self._event(move.id, "precopy_round", phase=Phase.SYNC,
+                        detail=f"round {rnd}: {sent['keys']} keys, {sent_bytes} bytes{note}")
+            return sent_bytes
+
         try:
-            since, previous, total, rounds = 0, None, 0, 0
-            while rounds < self.settings.precopy_max_rounds:
-                rounds += 1
-                sent = self._round(move, source, target, rnd=rounds, since=since,
-                                   corrupt="corrupt:sync" in move.faults and rounds == 1)
-                since, total = int(sent["version"]), total + int(sent["bytes"])
-                self._event(move.id, "precopy_round", phase=Phase.SYNC,
-                            detail=f"round {rounds}: {sent['keys']} keys, {sent['bytes']} bytes")
-                if int(sent["bytes"]) <= self.settings.precopy_small_bytes or (
-                        previous is not None and int(sent["bytes"]) >= previous):
+            previous: int | None = None
+            while len(rounds) < self.settings.precopy_max_rounds:
+                sent_bytes = one_round()
+                if previous is not None and (sent_bytes <= self.settings.precopy_small_bytes
+                                             or sent_bytes >= previous):
                     break
-                previous = int(sent["bytes"])
+                previous = sent_bytes
+            prediction = self._within_budget(move, epoch, rounds, one_round)
         finally:
             source.close()
             target.close()
+        n, predicted, overhead = len(rounds), prediction.freeze_ms, prediction.overhead_ms
 
         def record(m: Move) -> None:
-            m.sync_rounds, m.sync_since, m.state_bytes = rounds, since, total
+            m.sync_rounds, m.sync_since, m.state_bytes = n, since, total
+            m.predicted_freeze_ms, m.freeze_overhead_ms = predicted, overhead
 
         self.registry.update_move(move.id, record, epoch=epoch)
-        move.sync_rounds, move.sync_since, move.state_bytes = rounds, since, total
+        move.sync_rounds, move.sync_since, move.state_bytes = n, since, total
+        move.predicted_freeze_ms = predicted
+
+    def _within_budget(self, move: Move, epoch: int, rounds: list[freeze_budget.Round],
+                       one_round: Callable[[str], int]) -> freeze_budget.Prediction:
+        """The freeze predicted from the rounds so far; with ``max_freeze_ms``, kept below it.
+
+        A prediction above the budget is not final: a quieter moment may come (the dirty rate
+        is measured afresh from the last two rounds). Up to ``deadline_s``, SYNC pauses
+        briefly and runs another round (which keeps the delta the next prediction starts from
+        small), with the lease refreshed all along and an abort request honoured; past it,
+        the move fails with :class:`FreezeBudgetExceeded` before anything froze, and rolls
+        back with the source serving as it was.
+
+        The fixed cost: a round's own (from the rounds' fit, :func:`freeze_budget.throughput`)
+        plus the rest of the window (freezing, resuming the target, switching the peers), as
+        recent moves measured it (:meth:`_freeze_overhead_ms`). Not the agents' sessions
+        opening in SYNC: that first open makes the move's Redis user and costs several times
+        the freeze window's re-open.
+        """
+        lag_s = self._phase_hop_s(move.id)
+        overhead_ms, learnt = self._freeze_overhead_ms(move.service)
+
+        def predict() -> freeze_budget.Prediction:
+            return freeze_budget.predict(rounds, now=time.monotonic(), lag_s=lag_s,
+                                         overhead_ms=overhead_ms)
+
+        prediction, budget = predict(), move.max_freeze_ms
+        against = (f"; overhead learnt from {learnt} recent move(s)" if learnt
+                   else "; overhead from the settings") + (
+            "" if budget is None else f" (budget {budget:g} ms)")
+        self._event(move.id, "freeze_predicted", phase=Phase.SYNC,
+                    detail=prediction.detail() + against)
+        if budget is None or prediction.fits(budget):
+            return prediction
+        waited_from = time.monotonic()
+        deadline = waited_from + (move.deadline_s or 0.0)
+        extra = 0
+        while not prediction.fits(budget):
+            if time.monotonic() + BUDGET_PAUSE_S > deadline:
+                self._over_budget(move, epoch, prediction, budget=budget,
+                                  waited_s=time.monotonic() - waited_from)
+            time.sleep(BUDGET_PAUSE_S)  # the lease's own thread refreshes it meanwhile
+            self._check_lease()
+            if self.registry.get_move(move.id).abort_requested:
+                raise MoveAborted(f"move {move.id} aborted on request while waiting for its "
+                                  f"freeze to fit {budget:g} ms")
+            extra += 1
+            one_round(" (waiting for the budget)")
+            prediction = predict()
+        self._event(move.id, "freeze_predicted", phase=Phase.SYNC,
+                    detail=f"{prediction.detail()}{against}: fits after "
+                           f"{time.monotonic() - waited_from:.1f} s and {extra} more round(s)")
+        return prediction
+
+    def _over_budget(self, move: Move, epoch: int, prediction: freeze_budget.Prediction, *,
+                     budget: float, waited_s: float) -> NoReturn:
+        """Record the prediction that missed the budget, then give the move up (it rolls
+        back: nothing froze, the source serves on)."""
+        predicted, overhead = prediction.freeze_ms, prediction.overhead_ms
+
+        def record(m: Move) -> None:
+            m.predicted_freeze_ms, m.freeze_overhead_ms = predicted, overhead
+
+        self.registry.update_move(move.id, record, epoch=epoch)
+        why = (f"predicted freeze {predicted:g} ms exceeds max_freeze_ms {budget:g} after "
+               f"waiting {waited_s:.1f} s (deadline_s {move.deadline_s or 0:g}); "
+               f"{prediction.detail()}")
+        self._event(move.id, "freeze_over_budget", phase=Phase.SYNC, detail=why)
+        raise FreezeBudgetExceeded(why)
+
+    def _freeze_overhead_ms(self, service: str) -> tuple[float, int]:
+        """The freeze window's fixed cost beyond its final round, and from how many moves.
+
+        Learnt: each recent succeeded move's measured freeze less the variable part of its own
+        prediction (the median of up to :data:`OVERHEAD_SAMPLES`), so the prediction follows
+        this deployment's machines and load; moves of the same ``service`` first (the same
+        peers to switch: a window with none is a third of one with one), topped up with other
+        services' while it has fewer than three (one sample alone is too noisy);
+        ``freeze_overhead_ms`` from the settings until such moves exist.
+        """
+        mine: list[float] = []
+        others: list[float] = []
+        try:
+            recent = self.registry.moves(limit=OVERHEAD_LOOKBACK)
+        except (RedisError, MobilityError):  # a move's record expiring under us: no history
+            recent = []
+        for m in recent:
+            if (m.status == MoveStatus.SUCCEEDED and m.freeze_ms is not None
+                    and m.predicted_freeze_ms is not None and m.freeze_overhead_ms is not None):
+                variable = m.predicted_freeze_ms - m.freeze_overhead_ms
+                (mine if m.service == service else others).append(
+                    max(0.0, m.freeze_ms - variable))
+        # a service's own few moves first, topped up with others' while it has under three
+        seen = (mine if len(mine) >= 3 else mine + others)[:OVERHEAD_SAMPLES]
+        if not seen:
+            return self.settings.freeze_overhead_ms, 0
+        return float(statistics.median(seen)), len(seen)
+
+    def _phase_hop_s(self, move_id: str) -> float:
+        """How long this move's phases took to hand over (a phase's end to the next one's
+        start, the median so far): the time between SYNC's end and the freeze, while the
+        application goes on writing into the final delta."""
+        hops, ended = [], None
+        try:
+            events = self.registry.events(move_id)
+        except RedisError:
+            events = []
+        for event in events:
+            if event.kind == "phase_ended":
+                ended = event.ts
+            elif event.kind == "phase_started" and ended is not None:
+                hops.append(max(0.0, event.ts - ended))
+                ended = None
+        return statistics.median(hops) if hops else BUDGET_HOP_DEFAULT_S
 
     def _agents(self, move: Move) -> tuple[StateAgent, StateAgent]:
         """Connections to both agents, with the move's session opened on each.
@@ -410,9 +586,12 @@ class Engine:
         self._check_lease()  # never switch peers for a move another worker now runs
         for link, peer in pairs:  # done again on a re-run: the switch is idempotent
             self.wiring.switch(link=link, moved=svc.name, peer_instance=peer, to_instance=target)
-        if "switched" not in move.cutover_steps:
+        # the client's traffic goes to the target from now on: that is the move's cutover_ms
+        switched_ms = round((time.time() - move.created_at) * 1000, 1)
+        if "switched" not in move.cutover_steps or move.cutover_ms is None:
             # a stateful target may take writes from now on: rolling back would lose them
-            self._step(move, epoch, "switched", forward_only=move.stateful)
+            self._step(move, epoch, "switched", forward_only=move.stateful,
+                       cutover_ms=switched_ms)
         self._hold(move, epoch, "pause:switched", Phase.CUTOVER)
         if pausable:
             self.federation.resume(instance=target)
@@ -444,16 +623,20 @@ class Engine:
         self._event(move.id, "cutover_confirmed", phase=Phase.CUTOVER,
                     detail=f"{len(pairs)} peer(s) switched to {target.cluster}/{target.node}")
 
-    def _step(self, move: Move, epoch: int, step: str, *, forward_only: bool = False) -> None:
+    def _step(self, move: Move, epoch: int, step: str, *, forward_only: bool = False,
+              cutover_ms: float | None = None) -> None:
         """Record a CUTOVER step as done (and, from the switch on, that the move only goes
-        forward)."""
+        forward; with the switch, when it happened: the first run's time is kept)."""
         def done(m: Move) -> None:
             if step not in m.cutover_steps:
                 m.cutover_steps.append(step)
             m.forward_only = m.forward_only or forward_only
+            if m.cutover_ms is None:
+                m.cutover_ms = cutover_ms
 
         updated = self.registry.update_move(move.id, done, epoch=epoch)
         move.cutover_steps, move.forward_only = updated.cutover_steps, updated.forward_only
+        move.cutover_ms = updated.cutover_ms
 
     def _final_delta(self, move: Move, epoch: int) -> None:
         """Freeze the source and ship what changed since the last round (the target resumes
@@ -478,21 +661,30 @@ class Engine:
                     detail=f"round {rnd}: {sent['keys']} keys, {sent['bytes']} bytes")
 
     def _release(self, move: Move, epoch: int) -> None:
+        """The clean-up after the switch, off the client's path (its traffic is on the target
+        since CUTOVER): remove the source, end the target's state session, let the move's
+        state keys expire. Every step is idempotent: the reaper runs RELEASE again when its
+        worker died in it, and only then does the move end ``succeeded``."""
         if move.source is not None:
             self.federation.unplace(instance=move.source)
-
-    def complete(self, move_id: str, epoch: int) -> Move:
-        move = self.registry.get_move(move_id)
-        if move.epoch != epoch or move.status.terminal:
-            return move
-        move = self.registry.finish_move(move_id, MoveStatus.SUCCEEDED)
         if move.stateful and move.target is not None:
             with contextlib.suppress(StateTransferError), contextlib.closing(
                     self.state_agents.agent(move.target)) as agent:
-                agent.call("close", move=move_id)
-        self._end_state(move_id)
+                agent.call("close", move=move.id)
+        self._end_state(move.id)
+
+    def complete(self, move_id: str, epoch: int) -> Move:
+        """Mark the move ``succeeded``: RELEASE did all the clean-up, so nothing is left."""
+        move = self.registry.get_move(move_id)
+        if move.epoch != epoch or move.status.terminal:
+            return move
+        if str(Phase.RELEASE) not in move.phases_done:
+            # never shown succeeded with its clean-up undone (a chain that lost RELEASE)
+            raise PhaseFailed(f"move {move_id}: RELEASE has not ended; not completing it")
+        move = self.registry.finish_move(move_id, MoveStatus.SUCCEEDED)
         self._event(move_id, "status", detail="succeeded")
-        log.info("move %s succeeded in %s ms", move_id, move.total_ms)
+        log.info("move %s succeeded in %s ms (cutover at %s ms)", move_id, move.total_ms,
+                 move.cutover_ms)
         return move
 
     # --- compensation ---

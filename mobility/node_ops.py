@@ -67,12 +67,20 @@ def _frozen(value: object) -> object:
 
 @dataclass(frozen=True)
 class CreatePod(NodeOp[None]):
+    """Make a pod (namespace, veth, address) and start its workload when ``start``.
+
+    ``detach``: answer once the pod's network exists and its start is under way, not when
+    containerd has started the task: the caller makes the pod's links meanwhile, and
+    :class:`WaitReady` (or any later operation on the pod's workload) waits for the start,
+    reporting its failure."""
+
     TASK: ClassVar[str] = "node.create_pod"
     pod: str
     workload: str
     params: Params
     start: bool = True
     container: Mapping[str, Any] | None = None  # ContainerSpec.to_dict()
+    detach: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@ Pure: it gets the clusters, the services and their links, and answers or raises.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from mobility.errors import Conflict, NotFound, PlacementError
-from mobility.models import Cluster, Link, Node, Service
+from mobility.models import Cluster, Instance, Link, Node, Service
 
 
 def validate_move(
@@ -43,6 +44,7 @@ def peer_nodes(service: str, links: Iterable[Link], services: Mapping[str, Servi
 
 def choose_node(
     *, cluster: Cluster, avoid: set[str], load: Mapping[str, int] | None = None,
+    spread: str = "",
 ) -> Node:
     """The least loaded node of ``cluster`` that is not in ``avoid``.
 
@@ -56,11 +58,19 @@ def choose_node(
             f"no node in cluster {cluster.name!r} can take the instance: every node holds the "
             "other end of one of its links"
         )
-    return min(candidates, key=lambda n: (counts[f"{cluster.name}/{n.name}"], n.name))
+    if not spread:
+        return min(candidates, key=lambda n: (counts[f"{cluster.name}/{n.name}"], n.name))
+    # ties broken by a hash of ``spread`` (the move's id): moves admitted at the same moment
+    # read the same loads, and by name they would all take the first node
+    return min(candidates, key=lambda n: (counts[f"{cluster.name}/{n.name}"], hashlib.blake2b(
+        f"{spread}/{n.name}".encode(), digest_size=8).digest()))
 
 
-def node_load(services: Iterable[Service]) -> Counter[str]:
-    """Instances per ``cluster/node``."""
-    return Counter(
+def node_load(services: Iterable[Service], *, reserved: Iterable[Instance] = ()) -> Counter[str]:
+    """Instances per ``cluster/node``, counting the targets of moves in flight (``reserved``):
+    a target is an instance from ADMIT on, long before it is the service's."""
+    counts = Counter(
         f"{s.instance.cluster}/{s.instance.node}" for s in services if s.instance is not None
     )
+    counts.update(f"{i.cluster}/{i.node}" for i in reserved)
+    return counts

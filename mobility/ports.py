@@ -27,6 +27,11 @@ class NodeAgent(Protocol):
 
 
 class Federation(Protocol):
+    # True when an instance's links can be made as soon as ``place`` returns, its workload
+    # still starting (the lab: the pod's network exists first): WIRE then overlaps the start
+    # and waits for readiness at its end. False: PLACE waits for readiness, WIRE follows.
+    wires_while_starting: bool
+
     def place(self, *, instance: Instance, workload: str, params: Params, start: bool,
               container: ContainerSpec | None = None) -> None:
         """Create the instance; start its workload now when ``start``. Idempotent.

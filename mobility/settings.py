@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     # for as long as it takes: the move stays rolling_back until they are done.
     compensation_max_passes: int = Field(default=5, ge=1)
     ready_timeout_s: float = Field(default=15.0, gt=0)
+    # Threads of the orchestration worker: a move holds one from ADMIT to its cutover (one
+    # task), waiting on its nodes or on its state flowing, so this many moves are in flight at
+    # once and the next waits in the queue. With eight, eight slow moves (a held phase, a long
+    # SYNC) stopped every other move. Not unbounded: each node's agent runs its operations one
+    # at a time, and moves piled on one node wait there past their node calls' timeouts.
+    orchestrator_threads: int = Field(default=32, ge=1, le=1024)
     event_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     # The Redis URL as the applications' state agents reach it (in the lab: through the host
     # link, not loopback). Empty: the same as redis_url.
@@ -85,6 +91,10 @@ class Settings(BaseSettings):
     precopy_max_rounds: int = Field(default=8, ge=1, le=100)
     precopy_small_bytes: int = Field(default=1 << 20, ge=0,
                                      description="a round this small ends the pre-copy")
+    # The freeze window's fixed cost beyond the final round (freeze, resume the target, switch
+    # the peers), which the downtime budget's prediction adds (mobility.freeze_budget) until
+    # recent moves measured it: 18 to 23 ms on a quiet lab with one peer.
+    freeze_overhead_ms: float = Field(default=20.0, ge=0, le=60_000)
     state_stall_timeout_s: float = Field(default=30.0, gt=0)
     # Seals the cluster credentials a join or unjoin stores for its task (AES-256-GCM): 32
     # bytes in base64, e.g. from ``openssl rand -base64 32``. Needed in production (nothing

@@ -71,6 +71,12 @@ class FrameCodec:
         return bytes(msgpack.packb([VERSION, self._move, seq, rnd, kind, key, chunk, count]))
 
     def seal(self, frame: Frame) -> bytes:
+        head, sealed = self.seal_parts(frame)
+        return head + sealed
+
+    def seal_parts(self, frame: Frame) -> tuple[bytes, bytes]:
+        """The sealed frame as its two parts, the header and the sealed payload (the frame is
+        their concatenation): the sender writes them as they are, without joining 64 KiB."""
         # The sealed payload is appended raw, not inside the msgpack array: packing 64 KiB
         # through msgpack costs several times the encryption itself.
         nonce = self._prefix + struct.pack("!Q", frame.seq)
@@ -78,7 +84,7 @@ class FrameCodec:
         sealed = self._aead.encrypt(nonce, frame.payload, aad)
         header = msgpack.packb([VERSION, frame.seq, frame.round, frame.kind, frame.key,
                                 frame.chunk, frame.count, nonce], use_bin_type=True)
-        return HEADER_LEN.pack(len(header)) + bytes(header) + sealed
+        return HEADER_LEN.pack(len(header)) + bytes(header), sealed
 
     def open(self, blob: bytes) -> Frame:
         try:

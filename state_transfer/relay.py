@@ -363,6 +363,8 @@ class Session:
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close()
+        if self.receiver is not None:
+            self.receiver.close()
         self.client.close()
 
 

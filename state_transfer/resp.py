@@ -18,13 +18,22 @@ import hiredis
 
 from state_transfer.errors import StateTransferError
 
+# An argument given as a tuple of buffers is one bulk string, their concatenation, sent without
+# joining them (a frame's header and its sealed payload).
+Arg = bytes | tuple[bytes, ...]
+RECV_BYTES = 1 << 20  # a reply of megabytes (an XREAD's) arrives in a few receives, not 100s
 
-def _encode(args: Sequence[bytes]) -> list[bytes]:
+
+def _encode(args: Sequence[Arg]) -> list[bytes]:
     """RESP array of bulk strings, as buffers (the payloads themselves are not copied)."""
     out = [b"*%d\r\n" % len(args)]
     for a in args:
-        out.append(b"$%d\r\n" % len(a))
-        out.append(a)
+        if isinstance(a, tuple):
+            out.append(b"$%d\r\n" % sum(len(p) for p in a))
+            out.extend(a)
+        else:
+            out.append(b"$%d\r\n" % len(a))
+            out.append(a)
         out.append(b"\r\n")
     return out
 
@@ -43,6 +52,7 @@ class RespWriter:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = hiredis.Reader()
         self.unread = 0
+        self._buf = bytearray(RECV_BYTES)
         try:
             if u.password:
                 auth = [b"AUTH", unquote(u.password).encode()]
@@ -56,12 +66,12 @@ class RespWriter:
             self.sock.close()
             raise
 
-    def call(self, args: Sequence[bytes]) -> Any:
+    def call(self, args: Sequence[Arg]) -> Any:
         self.drain()
         self.send([args])
         return self.drain()[-1]
 
-    def send(self, commands: Sequence[Sequence[bytes]]) -> None:
+    def send(self, commands: Sequence[Sequence[Arg]]) -> None:
         """Send commands without waiting; their replies are read by ``drain`` later."""
         buffers: list[bytes] = []
         for c in commands:
@@ -93,6 +103,12 @@ class RespWriter:
         return cls(f"redis://{cred}{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/"
                    f"{kw.get('db', 0)}")
 
+    def take(self) -> Any:
+        """The reply owed first (an error reply raises)."""
+        if not self.unread:
+            raise StateTransferError("no reply is owed")
+        return self.drain(leave=self.unread - 1)[0]
+
     def drain(self, *, leave: int = 0) -> list[Any]:
         """Read replies until at most ``leave`` are still owed; raises on an error reply."""
         replies = []
@@ -100,10 +116,10 @@ class RespWriter:
             while self.unread > leave:
                 reply = self.reader.gets()
                 if reply is False:
-                    data = self.sock.recv(1 << 16)
-                    if not data:
+                    n = self.sock.recv_into(self._buf)
+                    if not n:
                         raise StateTransferError("Redis closed the connection")
-                    self.reader.feed(data)
+                    self.reader.feed(self._buf, 0, n)  # type: ignore[arg-type]  # any buffer
                     continue
                 self.unread -= 1
                 if isinstance(reply, hiredis.ReplyError):

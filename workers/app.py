@@ -28,6 +28,10 @@ from workers.routing import ORCHESTRATION
 log = logging.getLogger(__name__)
 
 REAP_EVERY_S = 2.0
+# workers.canvas.RUN_PHASES (canvas imports this module): a move's phases up to its cutover
+START_TASK = "move.run"
+START_PRIORITY = 3  # kombu's Redis priority steps are 0, 3, 6, 9; 0 first
+REAP_TASK = "moves.reap"
 VISIBILITY_TIMEOUT_S = 3600
 POLICY_TICK_S = 2.0
 
@@ -61,7 +65,7 @@ def configure(app: Celery, url: str, *, sentinel: SentinelConfig | None = None) 
         task_send_sent_event=True,
         beat_schedule={
             # a tick nobody ran in time is dropped: the next one does its work
-            "reap-moves": {"task": "moves.reap", "schedule": REAP_EVERY_S,
+            "reap-moves": {"task": REAP_TASK, "schedule": REAP_EVERY_S,
                            "options": {"expires": 10 * REAP_EVERY_S}},
             "policies-tick": {"task": "policies.tick", "schedule": POLICY_TICK_S,
                               "options": {"expires": 10 * POLICY_TICK_S}},
@@ -77,6 +81,17 @@ def configure(app: Celery, url: str, *, sentinel: SentinelConfig | None = None) 
         include=["workers.moves", "workers.deploying", "workers.node", "workers.clusters",
                  "workers.automation", "workers.images", "workers.notifying"],
     )
+    # A move's start waits behind the work that finishes moves already under way: on Redis
+    # priority 0 is served first (and a task sent without one is 0), so RELEASE, COMPLETE and
+    # a compensation go ahead of queued starts. In one FIFO, 26 queued starts kept switched
+    # moves' clean-up waiting past the lease handoff, and the reaper took those moves over.
+    # The reaper stays in line with the starts (same priority, FIFO): a tick runs only after
+    # the starts queued before it have started, and expires (20 s) before the reaper's grace
+    # for a pending move (30 s), so it never takes a start still in the queue for a lost one.
+    # Set as an item: update() would have the router read the configuration that is being
+    # made (on_configure) again.
+    app.conf["task_routes"] = {name: {"queue": ORCHESTRATION, "priority": START_PRIORITY}
+                               for name in (START_TASK, REAP_TASK)}
     if sentinel is not None:  # Redis Sentinel: kombu's and Celery's sentinel:// transports
         app.conf.update(celery_conf(url, sentinel, transport_options={
             "visibility_timeout": VISIBILITY_TIMEOUT_S}))

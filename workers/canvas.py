@@ -39,15 +39,31 @@ REMOVE_IMAGE = "images.remove"
 UNJOIN_CLUSTER = "clusters.unjoin"
 
 
+RUN_PHASES = "move.run"
+
+
 def phase_task(phase: Phase) -> str:
     return f"move.{phase}"
 
 
 def canvas(move_id: str, epoch: int, phases: Sequence[Phase]) -> Any:
-    """``phase | phase | ... | complete`` for one epoch of a move."""
+    """``run(admit .. cutover) | release | complete`` for one epoch of a move.
+
+    The phases up to CUTOVER run back to back in one task (:data:`RUN_PHASES`): each is
+    still its own idempotent step under the move's lease and epoch, with its events and
+    timing, but no queue hop lies between the API call and the switch of the client's
+    traffic. RELEASE, the clean-up after the switch, is a task of its own after it: off the
+    client's path, and ``complete`` marks the move succeeded only once RELEASE has ended.
+    """
     opts = {"expires": PHASE_EXPIRES_S}
-    steps = [app.signature(phase_task(p), args=(move_id, epoch), immutable=True, options=opts)
-             for p in phases]
+    critical = [str(p) for p in phases if p != Phase.RELEASE]
+    steps = []
+    if critical:
+        steps.append(app.signature(RUN_PHASES, args=(move_id, epoch, critical), immutable=True,
+                                   options=opts))
+    if Phase.RELEASE in phases:
+        steps.append(app.signature(phase_task(Phase.RELEASE), args=(move_id, epoch),
+                                   immutable=True, options=opts))
     steps.append(app.signature(COMPLETE, args=(move_id, epoch), immutable=True, options=opts))
     return chain(*steps)
 

@@ -3,10 +3,12 @@
 Deploy and removal tasks are in :mod:`workers.deploying`, cluster membership in
 :mod:`workers.clusters`.
 
-A move's canvas is ``admit | place | wire | sync | cutover | release | complete``. A phase
-that fails dispatches ``move.compensate`` (which undoes every started phase, newest first) and
-then re-raises, which stops the chain. A phase whose error is retryable is retried in place a
-couple of times first. After a confirmed cutover nothing is undone: RELEASE is retried.
+A move's canvas is ``run(admit .. cutover) | release | complete`` (:func:`workers.canvas.canvas`):
+the phases up to the switch run back to back in one task, RELEASE (the clean-up) after it. A
+phase that fails dispatches ``move.compensate`` (which undoes every started phase, newest
+first) and then re-raises, which stops the chain. A phase whose error is retryable is retried
+in place a couple of times first (a ``move.run`` task again: the phases it finished are
+skipped). After a confirmed cutover nothing is undone: RELEASE is retried.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from mobility.phases import ORDER
 from mobility.settings import get_settings
 from mobility.store import Registry
 from workers.app import app
-from workers.canvas import COMPENSATE, COMPLETE, PHASE_EXPIRES_S, canvas, phase_task
+from workers.canvas import (
+    COMPENSATE,
+    COMPLETE,
+    PHASE_EXPIRES_S,
+    RUN_PHASES,
+    canvas,
+    phase_task,
+)
 from workers.composition import build_engine
 from workers.notifying import Notifier
 from workers.routing import ORCHESTRATION
@@ -88,6 +97,15 @@ def _phase_task(phase: Phase) -> object:
 
 
 PHASE_TASKS = {phase: _phase_task(phase) for phase in ORDER}
+
+
+@app.task(name=RUN_PHASES, bind=True, max_retries=PHASE_RETRIES)
+def run_phases(self: _Task, move_id: str, epoch: int, phases: list[str]) -> bool:
+    """Several phases back to back in one task (no queue hop between them); the chain's
+    next task runs only when all of them ended. A retry runs the task again, whose phases
+    already done are skipped (:meth:`Engine.run_phase` is idempotent)."""
+    # all() stops at the first phase that says the chain must stop (stale epoch, ended move)
+    return all(_run_phase(self, move_id, epoch, Phase(name)) for name in phases)
 
 
 @app.task(name=COMPLETE)

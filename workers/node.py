@@ -12,9 +12,11 @@ Answers are ``{"ok": True, "value": ...}`` or the error wire form of :mod:`mobil
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -73,15 +75,122 @@ def _failed(message: str, *, errno: int | None, retryable: bool) -> Answer:
             "retryable": retryable}
 
 
+# How long an operation on a pod's workload waits for the pod's detached start to end.
+START_WAIT_S = 60.0
+
+
+class Starts:
+    """Workload starts a detached ``CreatePod`` left running, one thread per pod.
+
+    A detached start runs beside the agent's tasks, outside their lock, so the pod's links
+    are made while containerd starts its task (the move's WIRE overlaps its PLACE). Every
+    later operation on the pod's workload (wait for readiness, start, stop, delete) first
+    waits for it: a pod is never deleted under a start that would bring its container back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[threading.Thread, list[BaseException]]] = {}
+
+    def begin(self, rt: NodeRuntime, op: ops.CreatePod) -> None:
+        with self._lock:
+            running = self._pending.get(op.pod)
+            if running is not None and running[0].is_alive():
+                return  # a retried CreatePod: its first start is still under way
+            errors: list[BaseException] = []
+
+            def start() -> None:
+                try:
+                    rt.start_workload(pod=op.pod, workload=op.workload, params=dict(op.params),
+                                      container=op.container)
+                except BaseException as exc:  # reported by the next operation on the pod
+                    log.warning("pod %s: its detached start failed: %s", op.pod, exc)
+                    errors.append(exc)
+
+            # the thread carries the task's context: its log lines keep the move id
+            t = threading.Thread(target=contextvars.copy_context().run, args=(start,),
+                                 name=f"start-{op.pod}", daemon=True)
+            self._pending[op.pod] = (t, errors)
+            t.start()
+
+    def settle(self, pod: str, *, timeout: float = START_WAIT_S) -> BaseException | None:
+        """Wait for ``pod``'s detached start, if one is pending; what it raised, if it failed
+        (None: no start pending, or it succeeded). One still under way after ``timeout``
+        raises (retryable): nothing may act on the pod's workload before it ends."""
+        with self._lock:
+            entry = self._pending.get(pod)
+        if entry is None:
+            return None
+        t, errors = entry
+        t.join(timeout)
+        if t.is_alive():
+            raise DataplaneError(f"pod {pod}: its workload is still starting after "
+                                 f"{timeout:g} s", retryable=True)
+        with self._lock:
+            if self._pending.get(pod) is entry:
+                del self._pending[pod]
+        return errors[0] if errors else None
+
+
+STARTS = Starts()
+
+
+def _retried(pod: str, failed: BaseException | None) -> None:
+    if failed is not None:
+        log.info("pod %s: its detached start failed (%s); starting it again", pod, failed)
+
+
+def _create_pod(rt: NodeRuntime, op: ops.CreatePod) -> object:
+    if not (op.start and op.detach):
+        _retried(op.pod, STARTS.settle(op.pod))
+        return rt.create_pod(pod=op.pod, workload=op.workload, params=dict(op.params),
+                             start=op.start, container=op.container)
+    made = rt.create_pod(pod=op.pod, workload=op.workload, params=dict(op.params),
+                         start=False, container=op.container)
+    STARTS.begin(rt, op)
+    return made
+
+
+def _start_workload(rt: NodeRuntime, op: ops.StartWorkload) -> object:
+    """Idempotent: waits for a detached start and returns its workload; starts it (again)
+    when that start failed or was lost (an agent restarted in the middle of it)."""
+    _retried(op.pod, STARTS.settle(op.pod))
+    return rt.start_workload(pod=op.pod, workload=op.workload, params=dict(op.params),
+                             container=op.container)
+
+
+def _wait_ready(rt: NodeRuntime, op: ops.WaitReady) -> None:
+    deadline = time.monotonic() + float(op.timeout)
+    failed = STARTS.settle(op.pod, timeout=float(op.timeout))
+    if failed is not None:
+        raise failed
+    rt.wait_ready(pod=op.pod, timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _delete_pod(rt: NodeRuntime, op: ops.DeletePod) -> None:
+    # a start still under way raises here: deleting now could leave its container behind
+    failed = STARTS.settle(op.pod)
+    if failed is not None:
+        log.info("pod %s: deleted after its start failed: %s", op.pod, failed)
+    rt.delete_pod(pod=op.pod)
+
+
+def _settled(handler: Handler) -> Handler:
+    """``handler`` run once the pod's detached start (if any) ended."""
+    def run(rt: NodeRuntime, op: Any) -> object:
+        failed = STARTS.settle(op.pod)
+        if failed is not None:
+            raise failed
+        return handler(rt, op)
+
+    return run
+
+
 HANDLERS: Mapping[type[ops.AnyOp], Handler] = {
-    ops.CreatePod: lambda rt, op: rt.create_pod(pod=op.pod, workload=op.workload,
-                                                params=dict(op.params), start=op.start,
-                                                container=op.container),
-    ops.StartWorkload: lambda rt, op: rt.start_workload(pod=op.pod, workload=op.workload,
-                                                        params=dict(op.params),
-                                                        container=op.container),
-    ops.WaitReady: lambda rt, op: rt.wait_ready(pod=op.pod, timeout=float(op.timeout)),
-    ops.DeletePod: lambda rt, op: rt.delete_pod(pod=op.pod),
+    ops.CreatePod: _create_pod,
+    ops.StartWorkload: _start_workload,
+    ops.WaitReady: _wait_ready,
+    ops.DeletePod: _delete_pod,
     ops.CreateEnd: reconciling.create_end,
     ops.DeleteEnd: lambda rt, op: rt.delete_end(pod=op.pod, ifname=op.ifname),
     ops.Switch: lambda rt, op: rt.switch(pod=op.pod, ifname=op.ifname, mac=op.mac,
@@ -89,8 +198,8 @@ HANDLERS: Mapping[type[ops.AnyOp], Handler] = {
     ops.FdbDst: lambda rt, op: rt.fdb_dst(pod=op.pod, ifname=op.ifname, mac=op.mac),
     ops.SetRoutes: lambda rt, op: rt.set_routes(pod=op.pod,
                                                 routes=[dict(r) for r in op.routes]),
-    ops.Quiesce: lambda rt, op: rt.quiesce(pod=op.pod),
-    ops.Resume: lambda rt, op: rt.resume(pod=op.pod),
+    ops.Quiesce: _settled(lambda rt, op: rt.quiesce(pod=op.pod)),
+    ops.Resume: _settled(lambda rt, op: rt.resume(pod=op.pod)),
     ops.EnsureRelay: lambda rt, op: str(rt.ensure_relay(pod=op.pod, timeout=op.timeout)),
     ops.Ping: lambda rt, op: {"node": rt.node.queue_id, "pid": os.getpid()},
 }

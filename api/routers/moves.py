@@ -56,7 +56,8 @@ SSE: dict[int | str, dict[str, Any]] = {200: {
 @router.post("", status_code=202, responses=answers(404, 409, 422))
 def create_move(body: MoveRequest, engine: RequestsDep, settings: SettingsDep) -> MoveOut:
     """Record the move and start it (202); 404 an unknown service or cluster; 409 already
-    there or already moving; 422 malformed, or ``faults`` refused."""
+    there or already moving; 422 malformed, ``faults`` refused, or a downtime budget that
+    cannot apply (``deadline_s`` without ``max_freeze_ms``, a budget on stop-and-copy)."""
     if body.faults:
         if not settings.fault_injection:
             raise Invalid("fault injection is off (set MOBILITY_FAULT_INJECTION=1 on a "
@@ -66,7 +67,8 @@ def create_move(body: MoveRequest, engine: RequestsDep, settings: SettingsDep) -
             raise Invalid(f"unknown phases in faults: {unknown}; "
                              f"known: {sorted(INJECTABLE)}")
     move = engine.request_move(service=body.service, to_cluster=body.to_cluster,
-                               faults=body.faults, strategy=body.strategy)
+                               faults=body.faults, strategy=body.strategy,
+                               max_freeze_ms=body.max_freeze_ms, deadline_s=body.deadline_s)
     start_move(move.id)
     return MoveOut.of(move)
 

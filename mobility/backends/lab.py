@@ -47,20 +47,28 @@ class OnNodes:
         self.clusters = clusters
         self.call_timeout = call_timeout
 
-    def _node(self, instance: Instance) -> Node:
-        return self.clusters()[instance.cluster].node(instance.node)
+    def _node(self, instance: Instance, clusters: dict[str, Cluster] | None = None) -> Node:
+        return (clusters or self.clusters())[instance.cluster].node(instance.node)
 
-    def _on(self, instance: Instance, op: NodeOp[R]) -> R:
-        return self.agent.call(self._node(instance), op, timeout=self.call_timeout)
+    def _on(self, instance: Instance, op: NodeOp[R], *,
+            clusters: dict[str, Cluster] | None = None) -> R:
+        """``op`` on the node of ``instance`` (``clusters``: the fleet already read for the
+        operation, so a call on the move's path reads it once)."""
+        return self.agent.call(self._node(instance, clusters), op, timeout=self.call_timeout)
 
 
 class LabFederation(OnNodes):
+    # ``place`` answers once the pod's network exists, its container still starting on the
+    # node: the move makes the pod's links meanwhile and waits for readiness after them.
+    wires_while_starting = True
 
     def place(self, *, instance: Instance, workload: str, params: Params, start: bool,
               container: ContainerSpec | None = None) -> None:
+        """Make the pod and start its workload without waiting for containerd (``detach``):
+        :meth:`wait_ready` waits for the start and reports its failure."""
         spec = (container or ContainerSpec()).to_dict()
         self._on(instance, CreatePod(pod=instance.pod, workload=workload, params=params,
-                                     start=start, container=spec))
+                                     start=start, container=spec, detach=start))
 
     def start(self, *, instance: Instance, workload: str, params: Params,
               container: ContainerSpec | None = None) -> None:
@@ -86,19 +94,22 @@ class AgentWiring(OnNodes):
 
     def create_end(self, *, link: Link, service: str, instance: Instance,
                    peer_instance: Instance) -> None:
+        clusters = self.clusters()
         self._on(instance, CreateEnd.for_link(link=link, service=service, instance=instance,
-                                              peer_instance=peer_instance,
-                                              clusters=self.clusters()))
+                                              peer_instance=peer_instance, clusters=clusters),
+                 clusters=clusters)
 
     def delete_end(self, *, link: Link, service: str, instance: Instance) -> None:
         self._on(instance, DeleteEnd(pod=instance.pod, ifname=link.end_of(service).ifname))
 
     def switch(self, *, link: Link, moved: str, peer_instance: Instance,
                to_instance: Instance) -> None:
+        clusters = self.clusters()
         self._on(peer_instance, Switch(pod=peer_instance.pod,
                                        ifname=link.peer_of(moved).ifname,
                                        mac=link.end_of(moved).mac,
-                                       node_ip=self._node(to_instance).underlay_ip))
+                                       node_ip=self._node(to_instance, clusters).underlay_ip),
+                 clusters=clusters)
 
     def set_routes(self, *, instance: Instance, routes: list[dict[str, str]]) -> None:
         if routes:

@@ -155,9 +155,16 @@ class MetricStore:
             p.execute()
         return True
 
-    def snapshot(self, queues: Iterable[str]) -> Snapshot:
-        """Read every aggregate and the length of each of ``queues``, in one pipeline."""
+    def snapshot(self, queues: Iterable[str], *, prioritised: Iterable[str] = ()) -> Snapshot:
+        """Read every aggregate and the length of each of ``queues``, in one pipeline.
+
+        A queue in ``prioritised`` counts its priority lists too (kombu keeps a task sent with
+        a priority in a list of its own: a move's start waits in one, see ``workers.app``).
+        """
         names = list(queues)
+        with_priorities = set(prioritised)
+        lists = [[q, *(f"{q}{keys.KOMBU_PRIORITY_SEP}{p}" for p in keys.KOMBU_PRIORITY_STEPS
+                       if q in with_priorities)] for q in names]
         with self.r.pipeline(transaction=False) as p:
             p.hgetall(keys.METRICS_MOVES)
             p.hgetall(keys.METRICS_PHASE_MS)
@@ -167,9 +174,14 @@ class MetricStore:
             p.hgetall(keys.METRICS_PROBES)
             p.scard(keys.SERVICES)
             p.scard(keys.ACTIVE_MOVES)
-            for q in names:
-                p.llen(q)
+            for group in lists:
+                for q in group:
+                    p.llen(q)
             out = p.execute()
+        lengths, at = [], 8
+        for group in lists:
+            lengths.append(sum(int(n) for n in out[at:at + len(group)]))
+            at += len(group)
         moves_raw, phase_raw, freeze_raw, totals_raw, repairs_raw, probes_raw = (
             _text(cast(Mapping[bytes, bytes], x)) for x in out[:6])
         moves = {pair: int(v) for k, v in moves_raw.items() if (pair := _pair(k))}
@@ -185,7 +197,7 @@ class MetricStore:
                         state_bytes=totals.get("state_bytes", 0),
                         sync_rounds=totals.get("sync_rounds", 0), repairs=repairs,
                         probes={k: int(v) for k, v in probes_raw.items()},
-                        queues={q: int(n) for q, n in zip(names, out[8:], strict=True)},
+                        queues=dict(zip(names, lengths, strict=True)),
                         services=int(out[6]), active_moves=int(out[7]))
 
 

@@ -191,12 +191,14 @@ class MoveStore(StoreBase):
         """The reaper's takeover of a move whose worker vanished: bump its epoch and hold its
         lease (for the hand-off to the tasks it dispatches) in one transaction.
 
-        Refused (StaleEpoch) when the move is no longer at ``epoch`` or someone holds its
-        lease: of two reapers at once, exactly one takes the move.
+        Refused (StaleEpoch) when the move is no longer at ``epoch``, has ended, or someone
+        holds its lease: of two reapers at once, exactly one takes the move.
         """
         lease = keys.move_lease(move_id)
 
         def bump(m: Move) -> None:
+            if m.status.terminal:  # it ended after the reaper listed it: nothing to take
+                raise StaleEpoch(f"move {move_id} ended ({m.status})")
             m.epoch += 1
 
         def hold(pipe: Pipeline, m: Move, seen: dict[str, bytes | None]) -> None:

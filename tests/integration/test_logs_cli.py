@@ -106,7 +106,7 @@ def test_a_moves_lines_carry_its_id_from_the_worker_and_the_agents(
     assert any(r["logger"] == "workers.node" and " done for pod " in r["msg"] for r in agents)
     phases = {r["msg"].split("[")[0].split()[-1] for r in rows
               if r["component"] == "orchestrator" and r["msg"].startswith("Task move.")}
-    assert {"move.admit", "move.cutover", "move.complete"} <= phases, phases
+    assert {"move.run", "move.release", "move.complete"} <= phases, phases
     # another move's lines are not this one's
     other = {r.get("move_id") for r in rows} - {move_id, None}
     assert other == set()

@@ -3,7 +3,8 @@
 Aspects: ending a move writes its terminal status, releases the service's lock, leaves the
 active set and drops the lease in one MULTI/EXEC (seen with MONITOR); a reader polling the move
 and the service while moves end never sees a terminal move whose service is still locked by it
-(the invariant the fresh-machine failure broke); a lock taken by someone else is left alone.
+(the invariant the fresh-machine failure broke); a lock taken by someone else is left alone;
+a move that ended is never taken over by the reaper.
 """
 
 from __future__ import annotations
@@ -181,3 +182,18 @@ def test_the_lease_is_exclusive_and_a_worker_that_loses_it_knows(registry: Regis
     with engine.lease(move.id, 0):
         pass
     registry.finish_move(move.id, MoveStatus.FAILED)
+
+
+def test_a_move_that_ended_after_the_reaper_listed_it_is_not_taken_over(
+        registry: Registry) -> None:
+    """The reaper lists the active moves, then takes each lost one over; a move that succeeded
+    in between (its COMPLETE ran, its lease went with it) keeps its epoch and status."""
+    from mobility.errors import StaleEpoch
+
+    move = _moving(registry, "svc-ended")
+    registry.finish_move(move.id, MoveStatus.SUCCEEDED)
+    with pytest.raises(StaleEpoch, match="ended"):
+        registry.take_over(move.id, epoch=0, token="reaper", ttl_s=5)
+    after = registry.get_move(move.id)
+    assert (after.epoch, after.status) == (0, MoveStatus.SUCCEEDED)
+    assert not registry.lease_alive(move.id)

@@ -9,7 +9,10 @@ with a StateTransferError after its stall timeout, holding no more than the wind
 batch in Redis, while with a target applying it gets everything through the same window;
 ``expire`` shortens the TTL of every key of the move; the source's raw RESP writer reaches the
 same server and user as the redis-py client it is made from (a password with ``/`` too), and
-closes its socket when Redis refuses its password.
+closes its socket when Redis refuses its password; the target reads one batch ahead: rounds
+already in the stream before it reads (several, each many batches long) arrive each in its
+own ``receive_round``, the frames read past a round's END kept for the next round, and every
+byte acknowledged once a round returns.
 """
 
 from __future__ import annotations
@@ -80,7 +83,10 @@ def pair(src: redis.Redis, dst: redis.Redis, move: str, writers: list[RespWriter
     writers.append(writer)
     sender = Sender(src, move, FrameCodec(key, move), stall_timeout_s=stall_timeout_s,
                     max_inflight=max_inflight, writer=writer)
-    receiver = Receiver(dst, move, FrameCodec(key, move), stall_timeout_s=stall_timeout_s)
+    reader = RespWriter.from_client(dst)
+    writers.append(reader)
+    receiver = Receiver(dst, move, FrameCodec(key, move), stall_timeout_s=stall_timeout_s,
+                        reader=reader)
     return sender, receiver
 
 
@@ -342,7 +348,10 @@ def test_a_sender_without_a_writer_makes_its_own(
         if sender.writer is not None:
             writers.append(sender.writer)
     applied = Applied()
-    receive(receiver, 1, applied)
+    try:
+        receive(receiver, 1, applied)
+    finally:
+        receiver.close()
     assert applied.puts == puts
 
 
@@ -395,3 +404,29 @@ def test_a_writer_refused_by_redis_closes_its_socket(redis_server: RedisServer) 
         assert sock.fileno() == -1, "the refused writer's socket is still open"
     finally:
         sock.close()
+
+
+def test_rounds_already_in_the_stream_arrive_each_in_its_own_round(
+        clients: tuple[redis.Redis, redis.Redis], move_id: str,
+        writers: list[RespWriter]) -> None:
+    src, dst = clients
+    sender, receiver = pair(src, dst, move_id, writers)
+    # three rounds, written before the target reads anything: its read-ahead (a batch past
+    # the one it applies) crosses round 1's END into round 2, and round 2's into round 3
+    rounds = {rnd: {f"r{rnd}-k{i}": os.urandom(CHUNK_SIZE if i % 2 else 100)
+                    for i in range(channel.READ_COUNT + 7 * rnd)} for rnd in (1, 2, 3)}
+    counts = {rnd: ship(sender, rnd, puts, [f"gone-{rnd}"], version=rnd * 10)[0]
+              for rnd, puts in rounds.items()}
+    try:
+        for rnd, puts in rounds.items():
+            applied = Applied()
+            summary = receive(receiver, rnd, applied)
+            assert summary["round"] == rnd and summary["frames"] == counts[rnd]
+            assert applied.puts == puts
+            assert applied.order[-1] == (DELETE, f"gone-{rnd}")
+        assert receiver.sequencer.expected == sender.seq + 1
+        # a round returns acknowledged: the stream consumed, every byte counted
+        assert dst.xlen(keys.state_frames(move_id)) == 0
+        assert int(cast(bytes, dst.get(keys.state_acked(move_id)))) == sender.sent_bytes
+    finally:
+        receiver.close()

@@ -7,7 +7,8 @@ another key; a well-formed frame with a nonce of a bad length is a FrameError to
 the wrong length is refused; the Sequencer rejects gaps and replays; ``split`` cuts at the
 chunk size, gives one empty piece for empty data, and joins back; the Reassembler returns a
 value from its chunks in order and rejects a chunk out of order or a value interleaved with
-another.
+another; a frame sealed in its two parts (header, sealed payload: what the sender writes
+without joining them) is the same frame.
 """
 
 from __future__ import annotations
@@ -223,3 +224,16 @@ def test_reassembler_rejects_an_interleaved_value() -> None:
     reasm.add(a[0])
     with pytest.raises(FrameError, match="out of order"):
         reasm.add(b[1])
+
+
+@pytest.mark.parametrize("f", [frame(), frame(3, kind=END, key="", payload=b"\x80"),
+                               frame(11, key="big", payload=os.urandom(CHUNK_SIZE))])
+def test_a_frame_sealed_in_parts_is_the_frame_sealed_whole(f: Frame) -> None:
+    """The sender writes a frame as its header and its sealed payload, never joined: the two
+    parts, concatenated in Redis, are a frame that opens (and is exactly one frame)."""
+    codec = FrameCodec(new_key(), "move-1")
+    head, sealed = codec.seal_parts(f)
+    assert codec.open(head + sealed) == f
+    assert len(sealed) == len(f.payload) + 16  # the payload and its tag, nothing else
+    with pytest.raises(FrameError):
+        codec.open(head + sealed[:-1])

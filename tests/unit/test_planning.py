@@ -4,7 +4,8 @@ Aspects: validate_move (NotFound for a missing service or cluster, naming the kn
 Conflict for a service not running, already in the target cluster, or already moving; the
 service itself when the move is fine); choose_node (least loaded, ties broken by name, load
 counted per ``cluster/node``, link peers' nodes avoided, PlacementError when every node is
-avoided); peer_nodes; node_load.
+avoided; ties spread by a hash of the move when asked); peer_nodes; node_load (with the
+targets of moves in flight).
 """
 
 from __future__ import annotations
@@ -183,3 +184,26 @@ def test_node_load_feeds_choose_node() -> None:
     services = [running("a", "edge/n1"), running("b", "edge/n2")]
     chosen = choose_node(cluster=CLUSTERS["edge"], avoid=set(), load=node_load(services))
     assert chosen.name == "n3"
+
+
+def test_targets_of_moves_in_flight_count_as_load() -> None:
+    services = [running("a", "edge/n2")]
+    load = node_load(services, reserved=[Instance(cluster="edge", node="n1", pod="b-7"),
+                                         Instance(cluster="edge", node="n1", pod="c-8")])
+    assert load == Counter({"edge/n1": 2, "edge/n2": 1})
+    assert choose_node(cluster=CLUSTERS["edge"], avoid=set(), load=load).name == "n3"
+
+
+def test_moves_admitted_together_spread_over_tied_nodes() -> None:
+    """With the same loads, ties go by a hash of each move's id, not by name: 60 moves that
+    read the same fleet do not all take the first node; the same id always gets the same."""
+    picks = Counter(choose_node(cluster=CLUSTERS["edge"], avoid=set(), load={},
+                                spread=f"mv-{i}").name for i in range(60))
+    assert set(picks) == {"n1", "n2", "n3"} and max(picks.values()) < 40, picks
+    again = choose_node(cluster=CLUSTERS["edge"], avoid=set(), load={}, spread="mv-7").name
+    assert again == choose_node(cluster=CLUSTERS["edge"], avoid=set(), load={},
+                                spread="mv-7").name
+    # the load still comes first: the only node with less of it wins whatever the hash
+    assert {choose_node(cluster=CLUSTERS["edge"], avoid=set(), load={"edge/n1": 1,
+                                                                      "edge/n3": 1},
+                        spread=f"mv-{i}").name for i in range(20)} == {"n2"}

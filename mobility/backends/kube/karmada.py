@@ -116,6 +116,9 @@ class KarmadaFederation:
     live); member clusters are Karmada's business and are not contacted.
     """
 
+    # PLACE waits for readiness before WIRE: a link end may name the running pod
+    wires_while_starting = False
+
     def __init__(self, *, karmada: KubeClient, namespace: str = "mobility",
                  domain: str = "cluster.local",
                  image_for: Callable[[str], str] = default_image,

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 class KubeFedFederation(KubeFedMembership):
     """The ``Federation`` port over KubeFed (placement); membership comes from its base."""
 
+    # PLACE waits for readiness before WIRE: a link end may name the running pod
+    wires_while_starting = False
+
     def _fd_path(self, service: str) -> str:
         return f"{TYPES_API}/namespaces/{self.namespace}/federateddeployments/{service}"
 
