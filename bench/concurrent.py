@@ -242,8 +242,8 @@ def deploy_all(api: httpx.Client, stack: Stack, units: list[Unit], *, state_mb: 
 
 def remove_all(api: httpx.Client, units: list[Unit]) -> dict[str, Any]:
     """Remove every client (reading what it saw), then every service; the clients' sums."""
-    seen = {"clients": 0, "sent": 0, "lost": 0, "duplicated": 0, "counters_ok": True,
-            "max_gap_ms": 0.0}
+    seen: dict[str, Any] = {"clients": 0, "sent": 0, "lost": 0, "duplicated": 0,
+                            "counters_ok": True, "max_gap_ms": 0.0, "losses": []}
 
     def remove_client(u: Unit) -> dict[str, Any] | None:
         if not u.client or u.io is None:
@@ -262,9 +262,14 @@ def remove_all(api: httpx.Client, units: list[Unit]) -> dict[str, Any]:
             _delete(own, u.service)
 
     with ThreadPoolExecutor(DEPLOY_THREADS) as pool:
-        for probe in pool.map(remove_client, units):
+        for u, probe in zip(units, pool.map(remove_client, units), strict=True):
             if probe is None:
                 continue
+            if int(probe.get("lost", 0)):  # which clients lost what, to tell why
+                seen["losses"].append({"client": u.client, "stateful": u.stateful,
+                                       "lost": int(probe.get("lost", 0)),
+                                       "sent": int(probe.get("sent", 0)),
+                                       "max_gap_ms": float(probe.get("max_gap_ms", 0))})
             seen["clients"] += 1
             seen["sent"] += int(probe.get("sent", 0))
             seen["lost"] += int(probe.get("lost", 0))

@@ -208,7 +208,10 @@ def api(url: str, reg: Registry, fleet_: list[Cluster], *, gets: int,
                 raise RuntimeError(f"POST /v1/moves {svc.name}: {answer.status_code} "
                                    f"{answer.text}")
     recorded = len(reg.active_moves())
-    queued = int(reg.r.llen(ORCHESTRATION))
+    # a move's start waits in the queue's priority list (workers.app), the rest in the queue
+    queued = sum(int(reg.r.llen(q)) for q in (
+        ORCHESTRATION, *(f"{ORCHESTRATION}{keys.KOMBU_PRIORITY_SEP}{p}"
+                         for p in keys.KOMBU_PRIORITY_STEPS)))
     return {
         "services_listed": listed,
         "get_services_ms": summary(listing, 1), "post_moves_ms": summary(moving, 2),

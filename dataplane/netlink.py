@@ -9,16 +9,19 @@ code calls ``Netlink.set_fdb(...)`` and gets :class:`DataplaneError` with the ke
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
+import socket
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from dataplane.errors import DataplaneError, LinkNotFound, NamespaceNotFound
@@ -30,6 +33,10 @@ NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 IFNAMSIZ = 15  # usable characters in an interface name
+CLONE_NEWNET = 0x40000000
+NETLINK_ROUTE = 0
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,13 +89,73 @@ def namespace_exists(name: str) -> bool:
     return os.path.exists(os.path.join(NETNS_DIR, name))
 
 
+def _in_own_thread(work: Callable[[], T], *, name: str) -> T:
+    """``work()`` in a thread of its own, which ends with it; its result, or what it raised.
+
+    Why: setns(2) and unshare(2) move only the calling thread into a namespace, so a thread
+    that ends afterwards is how this process works in a pod's namespace without leaving
+    itself there. pyroute2 forks a child process for the same (its NetNS and netns.create),
+    which cost 18-30 ms each in an agent's process, several times on a move's way to its
+    cutover (the pod, its link ends, the peers' switches).
+    """
+    out: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(work())
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    t.join()
+    if failed:
+        raise failed[0]
+    return out[0]
+
+
+def _enter(namespace: str) -> None:
+    """Move the calling thread into ``namespace`` (see :func:`_in_own_thread`)."""
+    fd = os.open(os.path.join(NETNS_DIR, namespace), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {namespace}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _route_socket() -> int:
+    """A NETLINK_ROUTE socket of the calling thread's namespace, as a descriptor (a socket
+    keeps the namespace it was made in, whichever thread uses it later)."""
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE).detach()
+
+
+def _socket_in(namespace: str) -> int:
+    def make() -> int:
+        _enter(namespace)
+        return _route_socket()
+
+    return _in_own_thread(make, name=f"netns-{namespace}")
+
+
 def create_namespace(name: str) -> None:
     """Create a named namespace with its loopback up; an existing one is kept (idempotent)."""
     if namespace_exists(name):
         return
+
+    def make() -> int:
+        # the thread gets a namespace of its own, which the bind mount keeps once it ends
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare: {os.strerror(err)}")
+        netns.attach(name, "thread-self")  # /run/netns/<name> bound to /proc/thread-self/ns/net
+        return _route_socket()
+
     with _mapped(f"create namespace {name}"):
-        netns.create(name)
-    with Netlink(name) as nl:
+        fd = _in_own_thread(make, name=f"netns-{name}")
+    with Netlink(name, fileno=fd) as nl:
         nl.set_up("lo")
 
 
@@ -152,9 +219,11 @@ class Netlink:
     so a phase that is run twice after a worker crash does the same thing once.
     """
 
-    def __init__(self, namespace: str | None = None) -> None:
+    def __init__(self, namespace: str | None = None, *, fileno: int | None = None) -> None:
+        """``fileno``: a route socket already made in ``namespace`` (taken over)."""
         self.namespace = namespace
         self._ipr: Any = None
+        self._fileno = fileno
 
     def __enter__(self) -> Netlink:
         self.open()
@@ -171,11 +240,18 @@ class Netlink:
         if self.namespace is None:
             self._ipr = IPRoute()
             return
-        if not namespace_exists(self.namespace):
+        if self._fileno is None and not namespace_exists(self.namespace):
             raise NamespaceNotFound(f"network namespace {self.namespace} does not exist",
                                     errno=errno.ENOENT)
         with _mapped(f"open namespace {self.namespace}"):
-            self._ipr = NetNS(self.namespace)
+            fd, self._fileno = self._fileno, None
+            if fd is None:
+                fd = _socket_in(self.namespace)
+            try:
+                self._ipr = IPRoute(fileno=fd)  # owns the descriptor from here on
+            except BaseException:
+                os.close(fd)
+                raise
 
     def close(self) -> None:
         if self._ipr is not None:
