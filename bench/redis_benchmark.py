@@ -15,7 +15,10 @@ project's prefix. It runs inside a lab node's network namespace, as the agents r
 No secret on its command line: redis-benchmark 7.0 takes a password only as ``-a`` (it ignores
 ``REDISCLI_AUTH``), so it authenticates as a user made for this run only, ``nopass``, allowed
 ``SET``/``GET``/``PING`` on that one key and nothing else, deleted right after (whatever
-happens). Anyone reaching Redis meanwhile could overwrite the bench's value; nothing else.
+happens; a run killed before that leaves it to the next run, which deletes every such user
+first). Its name is on the command line, and for the seconds the user lives it is all one
+needs to reach Redis as it: anyone who can read this host's process list and reach Redis could
+overwrite or read the bench's one value (or make it large); nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ log = logging.getLogger("bench.redis_benchmark")
 
 BINARY = "redis-benchmark"
 CLIENTS = 50  # redis-benchmark's default
+USER_PREFIX = "mob-bench-"  # the run's own Redis user (password-less: see measure)
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -80,7 +84,12 @@ def measure(admin: redis.Redis, *, url: str, writer_ns: str | None, reader_ns: s
         raise RuntimeError(f"{BINARY} is not installed (Debian: redis-tools)")
     where = urlsplit(url)
     host, port = where.hostname or "127.0.0.1", where.port or 6379
-    user = f"mob-bench-{secrets.token_hex(6)}"
+    # a run killed before its clean-up left its user: it is password-less, so it goes first
+    for stale in admin.acl_users():
+        name = stale.decode() if isinstance(stale, bytes) else stale
+        if name.startswith(USER_PREFIX):
+            admin.acl_deluser(name)
+    user = f"{USER_PREFIX}{secrets.token_hex(6)}"
     admin.execute_command(  # type: ignore[no-untyped-call]
         "ACL", "SETUSER", user, "on", "nopass", "resetkeys", f"~{BENCH_VALUE}",
         "resetchannels", "-@all", "+set", "+get", "+ping")
@@ -91,8 +100,10 @@ def measure(admin: redis.Redis, *, url: str, writer_ns: str | None, reader_ns: s
         gets = _run(reader_ns, host=host, port=port, user=user, requests=requests,
                     command=["GET", BENCH_VALUE], timeout=timeout)
     finally:
-        admin.acl_deluser(user)
-        admin.delete(BENCH_VALUE)
+        try:
+            admin.acl_deluser(user)
+        finally:
+            admin.delete(BENCH_VALUE)
     set_mb_s, get_mb_s = sets * size / 1e6, gets * size / 1e6
     return {
         "set_mb_s": round(set_mb_s, 1),

@@ -151,12 +151,21 @@ def create_namespace(name: str) -> None:
             err = ctypes.get_errno()
             raise OSError(err, f"unshare: {os.strerror(err)}")
         netns.attach(name, "thread-self")  # /run/netns/<name> bound to /proc/thread-self/ns/net
-        return _route_socket()
+        try:
+            return _route_socket()
+        except BaseException:
+            netns.remove(name)
+            raise
 
     with _mapped(f"create namespace {name}"):
         fd = _in_own_thread(make, name=f"netns-{name}")
-    with Netlink(name, fileno=fd) as nl:
-        nl.set_up("lo")
+    try:
+        with Netlink(name, fileno=fd) as nl:
+            nl.set_up("lo")
+    except BaseException:
+        # not left half made: a namespace that exists is taken as made, loopback and all
+        delete_namespace(name)
+        raise
 
 
 def delete_namespace(name: str) -> None:

@@ -31,6 +31,7 @@ REAP_EVERY_S = 2.0
 # workers.canvas.RUN_PHASES (canvas imports this module): a move's phases up to its cutover
 START_TASK = "move.run"
 START_PRIORITY = 3  # kombu's Redis priority steps are 0, 3, 6, 9; 0 first
+FINISH_PRIORITY = 0  # what finishes a move under way (its retries, a takeover, RELEASE...)
 REAP_TASK = "moves.reap"
 VISIBILITY_TIMEOUT_S = 3600
 POLICY_TICK_S = 2.0

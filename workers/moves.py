@@ -23,7 +23,7 @@ from mobility.moving import Engine
 from mobility.phases import ORDER
 from mobility.settings import get_settings
 from mobility.store import Registry
-from workers.app import app
+from workers.app import FINISH_PRIORITY, app
 from workers.canvas import (
     COMPENSATE,
     COMPLETE,
@@ -57,7 +57,8 @@ class _Task(Protocol):
 
     request: Any
 
-    def retry(self, *, exc: BaseException, countdown: float) -> BaseException: ...
+    def retry(self, *, exc: BaseException, countdown: float,
+              priority: int | None = None) -> BaseException: ...
 
 
 def _run_phase(task: _Task, move_id: str, epoch: int, phase: Phase) -> bool:
@@ -68,7 +69,10 @@ def _run_phase(task: _Task, move_id: str, epoch: int, phase: Phase) -> bool:
         return False
     except MobilityError as exc:
         if exc.retryable and task.request.retries < PHASE_RETRIES:
-            raise task.retry(exc=exc, countdown=0.2) from exc
+            # ahead of the queued starts (workers.app): the move's lease is only handed over
+            # for lease_handoff_s, and behind a long queue of starts the reaper would take the
+            # move over before its retry ran
+            raise task.retry(exc=exc, countdown=0.2, priority=FINISH_PRIORITY) from exc
         _fail(move_id, epoch, phase, exc)
         raise
     except Exception as exc:
@@ -131,8 +135,9 @@ def reap() -> list[str]:
     """Finish or roll back moves whose worker vanished (expired lease)."""
     out = []
     for r in engine().reap():
-        if r.action == "forward":
-            canvas(r.move_id, r.epoch, r.phases).apply_async(queue=ORCHESTRATION)
+        if r.action == "forward":  # a move under way: ahead of the queued starts, as a retry
+            canvas(r.move_id, r.epoch, r.phases).apply_async(queue=ORCHESTRATION,
+                                                            priority=FINISH_PRIORITY)
         else:
             compensate.apply_async((r.move_id, r.epoch, "orchestration worker lost mid-move"),
                                    queue=ORCHESTRATION, expires=PHASE_EXPIRES_S)

@@ -3,7 +3,8 @@
 Aspects: it measures SET and GET of the asked size through a user made for the run alone,
 which is gone afterwards with the bench's value (no password ever on redis-benchmark's command
 line: the user has none, and may touch that one key only); the two derived figures are the
-harmonic mean and the write-then-read ceiling (half of it); redis-benchmark's CSV is read,
+harmonic mean and the write-then-read ceiling (half of it); a user a killed run left is deleted
+by the next run; redis-benchmark's CSV is read,
 and output without exactly one result is an error.
 """
 
@@ -31,6 +32,21 @@ def test_set_and_get_through_a_user_of_the_run_only(redis_server: RedisServer) -
         assert set(admin.acl_users()) == users_before
         assert not admin.exists(BENCH_VALUE)
     finally:
+        admin.close()
+
+
+def test_a_user_a_killed_run_left_is_deleted_by_the_next(redis_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    stale = f"{redis_benchmark.USER_PREFIX}left0ver"
+    try:
+        admin.execute_command("ACL", "SETUSER", stale, "on", "nopass", f"~{BENCH_VALUE}",
+                              "+get")
+        redis_benchmark.measure(admin, url=redis_server.url, writer_ns=None, reader_ns=None,
+                                requests=50, size=1024)
+        names = {u.decode() if isinstance(u, bytes) else u for u in admin.acl_users()}
+        assert not any(n.startswith(redis_benchmark.USER_PREFIX) for n in names), names
+    finally:
+        admin.acl_deluser(stale)
         admin.close()
 
 

@@ -128,9 +128,14 @@ async function refresh() {
 }
 
 function mergeMove(m) {
+  // A listing fetched before the stream's latest events must not take them back: a phase
+  // that ended stays ended (a refresh between PLACE's end and its record lost it), and a
+  // freeze window once seen stays.
   const known = state.moves.get(m.id);
   const events = known ? known.events : [];
-  state.moves.set(m.id, Object.assign({}, m, { events }));
+  const phase_ms = Object.assign({}, known ? known.phase_ms : {}, m.phase_ms || {});
+  const freeze_ms = m.freeze_ms ?? (known ? known.freeze_ms : null);
+  state.moves.set(m.id, Object.assign({}, m, { events, phase_ms, freeze_ms }));
 }
 
 // ---- the live event stream of a move (SSE read with fetch: EventSource sends no header) ---
